@@ -1,0 +1,31 @@
+# Every target does its own set-up from a fresh clone: the virtual environment is (re)built
+# whenever pyproject.toml changes, so `make run` and `make test` are the only commands a new user needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= deploy/webhook/config.yaml
+
+.PHONY: run test lint typecheck unit integration clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP) ## serve the webhook on https://127.0.0.1:8443 with a self-signed certificate and the example config
+	$(BIN)/gtc-admission serve --config $(CONFIG) --host 127.0.0.1 --port 8443
+
+lint: $(STAMP)
+	$(BIN)/ruff check webhook runtime tests e2e
+	$(BIN)/ruff format --check webhook runtime tests e2e
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck ## lint, type check, and the whole test suite (unit + integration against a real OpenBao)
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
