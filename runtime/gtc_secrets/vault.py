@@ -1,0 +1,402 @@
+"""A small async Vault client for the worker path: Kubernetes login, KV-v2 read, transit batch decrypt.
+
+Layers, like hvac's adapters: :class:`Transport` is the one seam that does HTTP (``AiohttpTransport``: one
+``ClientSession``, TLS verified against ``VAULT_CACERT``, pooled connections); :class:`WorkerVault` builds
+paths and payloads and keeps the Vault token fresh; :func:`error_for_status` maps HTTP status to
+exceptions. Errors carry the method and path (and Vault's own short error text), never request or
+response payloads. There is no write or delete path: the worker is read-only.
+
+The worker never uses ``VAULT_TOKEN`` or ``~/.vault-token``: its only credential is the ServiceAccount
+token file, re-read at every login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import math
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+Method = Literal["GET", "POST"]
+_MAX_DETAIL = 200
+# Log in again this long before the Vault token expires: at most a minute, at least a second, and at most
+# a fifth of the lease (a short-lived token is refreshed proportionally early).
+MAX_REFRESH_MARGIN_SECONDS = 60.0
+MIN_REFRESH_MARGIN_SECONDS = 1.0
+REFRESH_MARGIN_FRACTION = 0.2
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 10.0
+DEFAULT_CONNECTION_LIMIT = 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one table from HTTP status to exception.
+# ---------------------------------------------------------------------------------------------
+
+
+class VaultError(Exception):
+    """A Vault call failed. Carries method, path and status; never a request or response payload."""
+
+    label = "error"
+
+    def __init__(self, method: str, path: str, status: int | None = None, detail: str = "") -> None:
+        self.method = method
+        self.path = path
+        self.status = status
+        self.detail = detail
+        where = f"{method} /v1/{path}"
+        status_text = f"{status} {self.label}" if status is not None else self.label
+        super().__init__(f"{where}: {status_text}" + (f" ({detail})" if detail else ""))
+
+
+class InvalidRequest(VaultError):
+    label = "invalid request"
+
+
+class Forbidden(VaultError):
+    label = "permission denied"
+
+
+class NotFound(VaultError):
+    label = "not found"
+
+
+class UnexpectedResponse(VaultError):
+    label = "unexpected response"
+
+
+class VaultUnavailable(VaultError):
+    """Transient: unreachable, sealed, rate limited, or a server error. The boot loop retries these."""
+
+    label = "unavailable"
+
+
+class VaultSealed(VaultUnavailable):
+    label = "sealed or in maintenance"
+
+
+class TokenFileError(Exception):
+    """The ServiceAccount token file cannot be read; the message names the file."""
+
+
+class TLSConfigError(ValueError):
+    """The CA bundle (VAULT_CACERT) cannot be loaded; the message names the file."""
+
+
+_STATUS_TABLE: dict[int, type[VaultError]] = {
+    400: InvalidRequest,
+    401: Forbidden,
+    403: Forbidden,
+    404: NotFound,
+    405: InvalidRequest,
+    # Vault returns 412 while a performance standby has not caught up yet: retry.
+    412: VaultUnavailable,
+    429: VaultUnavailable,
+    500: VaultUnavailable,
+    502: VaultUnavailable,
+    503: VaultSealed,
+    504: VaultUnavailable,
+}
+
+
+def vault_detail(body: Mapping[str, Any]) -> str:
+    """Vault's own error strings (``{"errors": [...]}``), printable ASCII only, shortened.
+
+    Vault's error texts describe the failure ("permission denied", "namespace not authorized"); they do
+    not echo request data. They are kept because an operator cannot act on a bare status code.
+    """
+    errors = body.get("errors")
+    if not isinstance(errors, list):
+        return ""
+    text = "; ".join(str(e) for e in errors if isinstance(e, str) and e)
+    text = "".join(ch if 0x20 <= ord(ch) < 0x7F else " " for ch in text).strip()
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL] + "..."
+
+
+def error_for_status(status: int, method: str, path: str, body: Mapping[str, Any]) -> VaultError:
+    kind = _STATUS_TABLE.get(status)
+    if kind is None:
+        kind = VaultUnavailable if status >= 500 else UnexpectedResponse
+    return kind(method, path, status, vault_detail(body))
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport: the seam that does HTTP.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    async def request(
+        self, method: Method, path: str, *, token: str | None = None, payload: Mapping[str, Any] | None = None
+    ) -> Response:
+        """Send one request to ``/v1/<path>``; raise VaultUnavailable when Vault cannot be reached."""
+
+    async def close(self) -> None: ...
+
+
+def make_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A verifying TLS context: the given CA bundle, or the system trust store."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSConfigError(
+            f"VAULT_CACERT {ca_file}: cannot load the CA bundle ({type(exc).__name__})"
+        ) from None
+
+
+class AiohttpTransport:
+    """One pooled aiohttp session to one Vault address, TLS verified."""
+
+    def __init__(
+        self,
+        addr: str,
+        ssl_context: ssl.SSLContext,
+        *,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
+        limit: int = DEFAULT_CONNECTION_LIMIT,
+    ) -> None:
+        self._addr = addr.rstrip("/")
+        self._ssl = ssl_context
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created lazily: a ClientSession must be made inside the running event loop.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._limit),
+                timeout=self._timeout,
+                # No proxies or netrc from the environment: the token goes to VAULT_ADDR and nowhere else.
+                trust_env=False,
+            )
+        return self._session
+
+    async def request(
+        self, method: Method, path: str, *, token: str | None = None, payload: Mapping[str, Any] | None = None
+    ) -> Response:
+        headers = {"X-Vault-Request": "true"}
+        if token is not None:
+            headers["X-Vault-Token"] = token
+        try:
+            async with self._get_session().request(
+                method,
+                f"{self._addr}/v1/{path}",
+                json=payload,
+                headers=headers,
+                # A redirect could carry the token to another host; HA Vault forwards requests itself.
+                allow_redirects=False,
+            ) as resp:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = None
+                return Response(resp.status, body if isinstance(body, Mapping) else {})
+        except aiohttp.ClientConnectionError as exc:
+            raise VaultUnavailable(method, path, None, f"{type(exc).__name__}: {exc}") from None
+        except TimeoutError:
+            raise VaultUnavailable(method, path, None, "timed out") from None
+        except aiohttp.ClientError as exc:
+            raise VaultUnavailable(method, path, None, type(exc).__name__) from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker's client.
+# ---------------------------------------------------------------------------------------------
+
+
+def refresh_after(lease_seconds: float) -> float:
+    """How long a freshly issued token is used before logging in again (pure)."""
+    if lease_seconds <= 0:
+        return math.inf  # a non-expiring token (never issued by Kubernetes auth roles, but be safe)
+    margin = min(
+        MAX_REFRESH_MARGIN_SECONDS, max(MIN_REFRESH_MARGIN_SECONDS, lease_seconds * REFRESH_MARGIN_FRACTION)
+    )
+    return max(0.0, lease_seconds - margin)
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise TokenFileError(f"ServiceAccount token file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenFileError(
+            f"ServiceAccount token file {path} cannot be read ({type(exc).__name__})"
+        ) from None
+    if not token:
+        raise TokenFileError(f"ServiceAccount token file {path} is empty")
+    return token
+
+
+class TransitItemErrors(Exception):
+    """Some items of a batch decrypt failed; ``failed`` maps batch index to Vault's short error text."""
+
+    def __init__(self, method: str, path: str, failed: Mapping[int, str]) -> None:
+        self.failed = dict(failed)
+        super().__init__(f"{method} /v1/{path}: {len(self.failed)} batch item(s) failed to decrypt")
+
+
+@dataclass(frozen=True)
+class VaultPaths:
+    """Where the worker's Vault API calls go (mount points from the settings)."""
+
+    k8s_mount: str
+    kv_mount: str
+    kv_prefix: str
+    transit_mount: str
+
+    def login(self) -> str:
+        return f"auth/{self.k8s_mount}/login"
+
+    def kv_data(self, logical_path: str) -> str:
+        return f"{self.kv_mount}/data/{self.kv_prefix}/{logical_path}"
+
+    def transit_decrypt(self, key: str) -> str:
+        return f"{self.transit_mount}/decrypt/{key}"
+
+
+class WorkerVault:
+    """The worker's read-only Vault access, logged in with the ServiceAccount token file.
+
+    The Vault token is renewed by logging in again (re-reading the token file, which the kubelet rotates)
+    shortly before its lease ends, or once after a 403: a 403 right after a fresh login is final.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        paths: VaultPaths,
+        *,
+        role: str,
+        token_path: Path,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._transport = transport
+        self._paths = paths
+        self._role = role
+        self._token_path = token_path
+        self._clock = clock
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._generation = 0
+        self._lock = asyncio.Lock()
+        self.logins = 0
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    async def login(self) -> None:
+        """POST /v1/auth/{mount}/login with the role and the token file's content."""
+        async with self._lock:
+            await self._login_locked()
+
+    async def _login_locked(self) -> None:
+        jwt = read_token_file(self._token_path)
+        path = self._paths.login()
+        resp = await self._transport.request("POST", path, payload={"role": self._role, "jwt": jwt})
+        if resp.status != 200:
+            raise error_for_status(resp.status, "POST", path, resp.body)
+        auth = resp.body.get("auth")
+        token = auth.get("client_token") if isinstance(auth, Mapping) else None
+        lease = auth.get("lease_duration", 0) if isinstance(auth, Mapping) else 0
+        if (
+            not isinstance(token, str)
+            or not token
+            or isinstance(lease, bool)
+            or not isinstance(lease, int | float)
+        ):
+            raise UnexpectedResponse("POST", path, resp.status, "no client token in the login response")
+        self._token = token
+        self._refresh_at = self._clock() + refresh_after(float(lease))
+        self._generation += 1
+        self.logins += 1
+        log.info("logged in to Vault as role %s (token lease %ss)", self._role, lease)
+
+    async def _current_token(self) -> tuple[str, int]:
+        async with self._lock:
+            if self._token is None or self._clock() >= self._refresh_at:
+                await self._login_locked()
+            assert self._token is not None
+            return self._token, self._generation
+
+    async def _call(self, method: Method, path: str, payload: Mapping[str, Any] | None = None) -> Response:
+        token, generation = await self._current_token()
+        resp = await self._transport.request(method, path, token=token, payload=payload)
+        if resp.status in (401, 403):
+            # The token may have expired or been revoked: log in again once (unless a concurrent call
+            # already did) and retry. A 403 with a fresh token is a real permission error.
+            async with self._lock:
+                if self._generation == generation:
+                    log.info("Vault answered %s to %s %s; logging in again", resp.status, method, path)
+                    await self._login_locked()
+                fresh = self._token
+            assert fresh is not None
+            resp = await self._transport.request(method, path, token=fresh, payload=payload)
+        return resp
+
+    async def read_kv(self, logical_path: str) -> tuple[str, Mapping[str, object]]:
+        """GET /v1/{kv}/data/{prefix}/{logical_path}: the latest version's data, and the KV path read."""
+        path = self._paths.kv_data(logical_path)
+        resp = await self._call("GET", path)
+        if resp.status != 200:
+            raise error_for_status(resp.status, "GET", path, resp.body)
+        data = resp.body.get("data")
+        inner = data.get("data") if isinstance(data, Mapping) else None
+        if not isinstance(inner, Mapping):
+            # A deleted or destroyed latest version has data: null.
+            raise NotFound("GET", path, resp.status, "the latest version has no data (deleted or destroyed)")
+        return path, inner
+
+    async def decrypt_batch(self, key: str, ciphertexts: Sequence[str]) -> list[bytes]:
+        """POST /v1/{transit}/decrypt/{key} with ``batch_input``: ONE call for all wrapped keys."""
+        path = self._paths.transit_decrypt(key)
+        payload = {"batch_input": [{"ciphertext": text} for text in ciphertexts]}
+        resp = await self._call("POST", path, payload)
+        data = resp.body.get("data")
+        results = data.get("batch_results") if isinstance(data, Mapping) else None
+        if resp.status not in (200, 400) or not isinstance(results, list):
+            raise error_for_status(resp.status, "POST", path, resp.body)
+        if len(results) != len(ciphertexts):
+            raise UnexpectedResponse("POST", path, resp.status, "batch result count does not match the input")
+        plaintexts: list[bytes] = []
+        failed: dict[int, str] = {}
+        for index, item in enumerate(results):
+            plaintext = item.get("plaintext") if isinstance(item, Mapping) else None
+            error = item.get("error") if isinstance(item, Mapping) else None
+            if error or not isinstance(plaintext, str):
+                failed[index] = (
+                    vault_detail({"errors": [error]}) if isinstance(error, str) else "no plaintext"
+                )
+                plaintexts.append(b"")
+                continue
+            try:
+                plaintexts.append(base64.b64decode(plaintext, validate=True))
+            except (binascii.Error, ValueError):
+                failed[index] = "plaintext is not base64"
+                plaintexts.append(b"")
+        if failed:
+            raise TransitItemErrors("POST", path, failed)
+        return plaintexts
