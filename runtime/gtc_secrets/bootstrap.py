@@ -1,0 +1,763 @@
+"""``gtc-secrets bootstrap``: prepare Vault/OpenBao for the workers of one env + tenant, idempotently.
+
+What it makes sure of (and nothing else):
+
+- the Kubernetes auth method at ``VAULT_K8S_MOUNT`` (default ``kubernetes``) is enabled and configured;
+- a KV version 2 engine at ``VAULT_KV_MOUNT`` (default ``secret``); an existing KV v1 mount there is an
+  error, never upgraded behind the operator's back (an upgrade rewrites every entry);
+- a transit engine at ``VAULT_TRANSIT_MOUNT`` (default ``transit``) with the key ``gtc-<env>-<tenant>``
+  (aes256-gcm96, not exportable, no plaintext backup, deletion not allowed);
+- the policy ``gtc-<env>-<tenant>``: ``read`` on ``<kv>/data/<prefix>/<env>/<tenant>/*`` and ``update`` on
+  ``<transit>/decrypt/gtc-<env>-<tenant>``, nothing else (no list, write, delete or metadata);
+- the role ``gtc-<env>-<tenant>`` bound to one ServiceAccount (``gtc-worker``) in the given namespaces
+  only, with the audience, that policy only (no ``default`` policy) and a short token TTL.
+
+The design: read the current state (I/O), compute the changes with pure functions (``plan``), print them,
+and apply them unless ``--dry-run`` (I/O). A second run finds nothing to change and says so.
+
+``auth/<mount>/config`` is special: a write replaces the whole config, and a read never returns the
+``token_reviewer_jwt`` (only ``token_reviewer_jwt_set``). So the config is rewritten from what Vault
+returns plus what the flags give; when something must change while a reviewer JWT is set and
+``--token-reviewer-jwt`` is not given, bootstrap stops with an error instead of dropping it. A given
+``--token-reviewer-jwt`` cannot be compared with the stored one: it is written when Vault has none (or
+the config is rewritten anyway, or with ``--replace-token-reviewer-jwt``), and otherwise left as is, which
+the output says.
+
+Credentials: ``VAULT_ADDR`` / ``VAULT_TOKEN`` (+ ``VAULT_CACERT``). Neither the token nor the reviewer
+JWT is ever printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol, TextIO, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+
+from gtc_secrets import constants as c
+from gtc_secrets.refs import check_scope_segment
+
+# Same exit codes as the rest of the CLI (see gtc_secrets.cli).
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_CONFIG: Final = 3
+EXIT_UNAVAILABLE: Final = 4
+
+COMMAND: Final = "bootstrap"
+DEFAULT_SERVICE_ACCOUNT: Final = "gtc-worker"
+DEFAULT_AUDIENCE: Final = "vault"
+# Short-lived worker tokens: the runtime logs in again (re-reading its ServiceAccount token) before expiry.
+DEFAULT_TOKEN_TTL: Final = "15m"  # noqa: S105 - a duration, not a password
+DEFAULT_TOKEN_MAX_TTL: Final = "1h"  # noqa: S105 - a duration, not a password
+# Longer than this is not a "short" token any more; refuse rather than silently cap.
+MAX_TOKEN_TTL_SECONDS: Final = 24 * 3600
+
+TRANSIT_KEY_TYPE: Final = "aes256-gcm96"
+KV_VERSION: Final = "2"
+K8S_AUTH_TYPE: Final = "kubernetes"
+KV_TYPE: Final = "kv"
+TRANSIT_TYPE: Final = "transit"
+
+# What `auth/<mount>/config` answers but must not be written back.
+K8S_CONFIG_READ_ONLY: Final = frozenset({"token_reviewer_jwt_set"})
+K8S_HOST: Final = "kubernetes_host"
+K8S_CA: Final = "kubernetes_ca_cert"
+# A field name, not a credential.
+K8S_REVIEWER_JWT: Final = "token_reviewer_jwt"
+
+# Kubernetes object names: a namespace is an RFC 1123 label, a ServiceAccount an RFC 1123 subdomain.
+_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_MOUNT: Final = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+_DURATION: Final = re.compile(r"(\d+)([smh]?)")
+_DURATION_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600}
+_JWT: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+class UsageError(ValueError):
+    """A flag or environment variable is invalid; found before any I/O."""
+
+
+class BootstrapError(RuntimeError):
+    """Vault's current state conflicts with what bootstrap must set up; nothing is guessed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: read once from flags and environment, checked before any I/O.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the operator asked for: one env + tenant and how its workers reach Vault."""
+
+    env: str
+    tenant: str
+    namespaces: tuple[str, ...]
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
+    audience: str = DEFAULT_AUDIENCE
+    token_ttl: int = 15 * 60
+    token_max_ttl: int = 60 * 60
+    k8s_mount: str = c.DEFAULT_K8S_MOUNT
+    kv_mount: str = c.DEFAULT_KV_MOUNT
+    kv_prefix: str = c.DEFAULT_KV_PREFIX
+    transit_mount: str = c.DEFAULT_TRANSIT_MOUNT
+    kubernetes_host: str | None = None
+    kubernetes_ca_pem: str | None = None
+    # A credential: never in a repr, a log line or the output.
+    token_reviewer_jwt: str | None = field(default=None, repr=False)
+    replace_token_reviewer_jwt: bool = False
+
+    @property
+    def name(self) -> str:
+        """Policy, role and transit key share this name (the webhook's default role template)."""
+        return c.role_name(self.env, self.tenant)
+
+
+@dataclass(frozen=True)
+class Connection:
+    addr: str
+    token: str = field(repr=False)
+    ca_cert: Path | None = None
+
+
+def parse_duration(value: str, flag: str) -> int:
+    """Seconds in ``900``, ``900s``, ``15m`` or ``1h``."""
+    match = _DURATION.fullmatch(value.strip())
+    if not match:
+        raise UsageError(f"{flag} {value!r} is not a duration like 900s, 15m or 1h")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def check_namespace(value: str) -> str:
+    if "*" in value:
+        # Vault would read "*" as "every namespace": the opposite of binding a tenant's namespaces.
+        raise UsageError("--namespace '*' is refused: bind the tenant's namespaces by name")
+    if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
+        raise UsageError(f"--namespace {value!r} is not a Kubernetes namespace name (RFC 1123 label)")
+    return value
+
+
+def check_service_account(value: str) -> str:
+    if "*" in value:
+        raise UsageError("--service-account '*' is refused: bind the worker ServiceAccount by name")
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+        raise UsageError(f"--service-account {value!r} is not a Kubernetes ServiceAccount name")
+    return value
+
+
+def check_mount(value: str, name: str) -> str:
+    mount = value.strip("/")
+    if not _MOUNT.fullmatch(mount):
+        raise UsageError(f"{name}={value!r} must be a path of [A-Za-z0-9_-] segments")
+    return mount
+
+
+def check_kubernetes_host(value: str) -> str:
+    # Vault sends the reviewer JWT to this host: plain HTTP would leak it.
+    if not value.startswith("https://") or len(value) <= len("https://") or any(ch.isspace() for ch in value):
+        raise UsageError(f"--kubernetes-host {value!r} must be an https:// URL")
+    return value.rstrip("/")
+
+
+def check_ca_pem(text: str, source: str) -> str:
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise UsageError(f"--kubernetes-ca {source}: no PEM certificate in the file")
+    return text.strip() + "\n"
+
+
+def check_reviewer_jwt(text: str, source: str) -> str:
+    token = text.strip()
+    if not _JWT.fullmatch(token):
+        # The content is a credential: say what is wrong, never show it.
+        raise UsageError(f"--token-reviewer-jwt {source}: the file does not hold one JWT")
+    return token
+
+
+def target_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Target:
+    """Check every flag (and the mount env vars) and read the files the flags name. No Vault I/O."""
+    try:
+        env = check_scope_segment(args.env, "--env")
+        tenant = check_scope_segment(args.tenant, "--tenant")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    namespaces = tuple(sorted({check_namespace(ns) for ns in args.namespace}))
+    service_account = check_service_account(args.service_account)
+    audience = args.audience.strip()
+    if not audience or "*" in audience or any(ch.isspace() for ch in audience):
+        raise UsageError(f"--audience {args.audience!r} must be one non-empty audience, without '*'")
+    ttl = parse_duration(args.token_ttl, "--token-ttl")
+    max_ttl = parse_duration(args.token_max_ttl, "--token-max-ttl")
+    if not 0 < ttl <= max_ttl <= MAX_TOKEN_TTL_SECONDS:
+        raise UsageError(
+            f"token TTLs must satisfy 0 < --token-ttl ({ttl}s) <= --token-max-ttl ({max_ttl}s) "
+            f"<= {MAX_TOKEN_TTL_SECONDS}s"
+        )
+    if args.replace_token_reviewer_jwt and args.token_reviewer_jwt is None:
+        raise UsageError("--replace-token-reviewer-jwt needs --token-reviewer-jwt FILE")
+    return Target(
+        env=env,
+        tenant=tenant,
+        namespaces=namespaces,
+        service_account=service_account,
+        audience=audience,
+        token_ttl=ttl,
+        token_max_ttl=max_ttl,
+        k8s_mount=check_mount(
+            environ.get(c.ENV_VAULT_K8S_MOUNT) or c.DEFAULT_K8S_MOUNT, c.ENV_VAULT_K8S_MOUNT
+        ),
+        kv_mount=check_mount(environ.get(c.ENV_VAULT_KV_MOUNT) or c.DEFAULT_KV_MOUNT, c.ENV_VAULT_KV_MOUNT),
+        kv_prefix=check_mount(
+            environ.get(c.ENV_VAULT_KV_PREFIX) or c.DEFAULT_KV_PREFIX, c.ENV_VAULT_KV_PREFIX
+        ),
+        transit_mount=check_mount(
+            environ.get(c.ENV_VAULT_TRANSIT_MOUNT) or c.DEFAULT_TRANSIT_MOUNT, c.ENV_VAULT_TRANSIT_MOUNT
+        ),
+        kubernetes_host=check_kubernetes_host(args.kubernetes_host) if args.kubernetes_host else None,
+        kubernetes_ca_pem=(
+            check_ca_pem(_read_text(args.kubernetes_ca, "--kubernetes-ca"), args.kubernetes_ca)
+            if args.kubernetes_ca
+            else None
+        ),
+        token_reviewer_jwt=(
+            check_reviewer_jwt(
+                _read_text(args.token_reviewer_jwt, "--token-reviewer-jwt"), args.token_reviewer_jwt
+            )
+            if args.token_reviewer_jwt
+            else None
+        ),
+        replace_token_reviewer_jwt=bool(args.replace_token_reviewer_jwt),
+    )
+
+
+def connection_from_environ(environ: Mapping[str, str]) -> Connection:
+    addr = environ.get(c.ENV_VAULT_ADDR) or ""
+    if not addr.startswith("https://") or len(addr) <= len("https://"):
+        # The admin token travels with every request: never over plain HTTP.
+        raise UsageError(f"{c.ENV_VAULT_ADDR} must be set to an https:// URL")
+    token = environ.get(c.ENV_VAULT_TOKEN) or ""
+    if not token:
+        raise UsageError(f"{c.ENV_VAULT_TOKEN} is not set (bootstrap needs an operator token)")
+    ca = environ.get(c.ENV_VAULT_CACERT) or None
+    if ca is not None and not Path(ca).is_file():
+        raise UsageError(f"{c.ENV_VAULT_CACERT}={ca}: no such file")
+    return Connection(addr=addr.rstrip("/"), token=token, ca_cert=Path(ca) if ca else None)
+
+
+def _read_text(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"{flag} {path}: cannot read ({reason})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Current state and the plan (pure).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VaultState:
+    """What bootstrap reads from Vault, as Vault answers it (``None``: does not exist)."""
+
+    auth_mounts: Mapping[str, Mapping[str, Any]]
+    secret_mounts: Mapping[str, Mapping[str, Any]]
+    k8s_config: Mapping[str, Any] | None
+    transit_key: Mapping[str, Any] | None
+    policy: str | None
+    role: Mapping[str, Any] | None
+
+
+Verb = Literal["create", "update", "unchanged"]
+
+
+@dataclass(frozen=True)
+class Write:
+    """One Vault write: POST ``/v1/<path>`` with ``data`` (which may hold a credential: no repr)."""
+
+    path: str
+    data: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Step:
+    verb: Verb
+    subject: str
+    details: tuple[str, ...] = ()
+    writes: tuple[Write, ...] = ()
+
+    def describe(self, *, dry_run: bool) -> str:
+        suffix = f" ({'; '.join(self.details)})" if self.details else ""
+        if self.verb == "unchanged":
+            return f"unchanged: {self.subject}{suffix}"
+        verb = {"create": "created", "update": "updated"}[self.verb]
+        if dry_run:
+            verb = {"create": "would create", "update": "would update"}[self.verb]
+        return f"{verb} {self.subject}{suffix}"
+
+
+def render_policy(target: Target) -> str:
+    """The tenant's read-only policy (HCL). Nothing but these two paths."""
+    kv_path = f"{target.kv_mount}/data/{target.kv_prefix}/{target.env}/{target.tenant}/*"
+    decrypt_path = f"{target.transit_mount}/decrypt/{target.name}"
+    return (
+        f"# Managed by gtc-secrets bootstrap: workers of env {target.env}, tenant {target.tenant}.\n"
+        "# Read their envelopes, unwrap data keys with their tenant's transit key; nothing else.\n"
+        f'path "{kv_path}" {{\n'
+        '  capabilities = ["read"]\n'
+        "}\n"
+        "\n"
+        f'path "{decrypt_path}" {{\n'
+        '  capabilities = ["update"]\n'
+        "}\n"
+    )
+
+
+def desired_role(target: Target) -> dict[str, Any]:
+    return {
+        "bound_service_account_names": [target.service_account],
+        "bound_service_account_namespaces": list(target.namespaces),
+        "audience": target.audience,
+        "token_policies": [target.name],
+        # "Exactly the tenant policy": the default policy's token self-management is not needed, since
+        # the runtime logs in again instead of renewing.
+        "token_no_default_policy": True,
+        "token_ttl": target.token_ttl,
+        "token_max_ttl": target.token_max_ttl,
+    }
+
+
+def _mount_key(mount: str) -> str:
+    return f"{mount}/"
+
+
+def plan_auth_mount(auth_mounts: Mapping[str, Mapping[str, Any]], target: Target) -> Step:
+    subject = f"auth method {_mount_key(target.k8s_mount)} ({K8S_AUTH_TYPE})"
+    current = auth_mounts.get(_mount_key(target.k8s_mount))
+    if current is None:
+        return Step(
+            "create", subject, writes=(Write(f"sys/auth/{target.k8s_mount}", {"type": K8S_AUTH_TYPE}),)
+        )
+    if current.get("type") != K8S_AUTH_TYPE:
+        raise BootstrapError(
+            f"auth/{target.k8s_mount}/ is a {current.get('type')!r} auth method, not {K8S_AUTH_TYPE!r}: "
+            f"set {c.ENV_VAULT_K8S_MOUNT} to another path"
+        )
+    return Step("unchanged", subject)
+
+
+def plan_kv_mount(secret_mounts: Mapping[str, Mapping[str, Any]], target: Target) -> Step:
+    subject = f"secrets engine {_mount_key(target.kv_mount)} (kv-v2)"
+    current = secret_mounts.get(_mount_key(target.kv_mount))
+    if current is None:
+        return Step(
+            "create",
+            subject,
+            writes=(
+                Write(f"sys/mounts/{target.kv_mount}", {"type": KV_TYPE, "options": {"version": KV_VERSION}}),
+            ),
+        )
+    kind = current.get("type")
+    options = current.get("options") or {}
+    version = str(options.get("version", "1")) if isinstance(options, Mapping) else "1"
+    if kind == KV_TYPE and version == KV_VERSION:
+        return Step("unchanged", subject)
+    if kind in (KV_TYPE, "generic"):
+        raise BootstrapError(
+            f"{_mount_key(target.kv_mount)} is a KV version {version} mount; bootstrap does not upgrade it "
+            "(an upgrade rewrites every entry and changes its API paths). Upgrade it yourself "
+            f"(sys/mounts/{target.kv_mount}/tune options version=2) "
+            f"or set {c.ENV_VAULT_KV_MOUNT} to another path"
+        )
+    raise BootstrapError(
+        f"{_mount_key(target.kv_mount)} is a {kind!r} secrets engine, not KV version 2: "
+        f"set {c.ENV_VAULT_KV_MOUNT} to another path"
+    )
+
+
+def plan_transit_mount(secret_mounts: Mapping[str, Mapping[str, Any]], target: Target) -> Step:
+    subject = f"secrets engine {_mount_key(target.transit_mount)} ({TRANSIT_TYPE})"
+    current = secret_mounts.get(_mount_key(target.transit_mount))
+    if current is None:
+        return Step(
+            "create", subject, writes=(Write(f"sys/mounts/{target.transit_mount}", {"type": TRANSIT_TYPE}),)
+        )
+    if current.get("type") != TRANSIT_TYPE:
+        raise BootstrapError(
+            f"{_mount_key(target.transit_mount)} is a {current.get('type')!r} secrets engine, not transit: "
+            f"set {c.ENV_VAULT_TRANSIT_MOUNT} to another path"
+        )
+    return Step("unchanged", subject)
+
+
+def plan_transit_key(key: Mapping[str, Any] | None, target: Target) -> Step:
+    subject = f"transit key {target.transit_mount}/keys/{target.name}"
+    path = f"{target.transit_mount}/keys/{target.name}"
+    if key is None:
+        return Step(
+            "create",
+            subject,
+            details=(TRANSIT_KEY_TYPE, "not exportable", "deletion not allowed"),
+            writes=(
+                Write(path, {"type": TRANSIT_KEY_TYPE, "exportable": False, "allow_plaintext_backup": False}),
+            ),
+        )
+    if key.get("type") != TRANSIT_KEY_TYPE:
+        raise BootstrapError(
+            f"{subject} exists with type {key.get('type')!r}, not {TRANSIT_KEY_TYPE!r}; a key's type cannot "
+            "change: rotate the tenant onto a new key by hand"
+        )
+    # Vault cannot take these back once granted: the key material may already have left Vault.
+    for flag in ("exportable", "allow_plaintext_backup"):
+        if key.get(flag):
+            raise BootstrapError(
+                f"{subject} has {flag}=true, which Vault cannot revoke; the key may have been exported. "
+                "Create a new key and re-seed the tenant's secrets"
+            )
+    if key.get("deletion_allowed"):
+        return Step(
+            "update",
+            subject,
+            details=("deletion_allowed: true -> false",),
+            writes=(Write(f"{path}/config", {"deletion_allowed": False}),),
+        )
+    return Step("unchanged", subject)
+
+
+def plan_policy(current: str | None, target: Target) -> Step:
+    subject = f"policy {target.name}"
+    policy = render_policy(target)
+    write = Write(f"sys/policies/acl/{target.name}", {"policy": policy})
+    if current is None:
+        return Step("create", subject, writes=(write,))
+    if current.strip() != policy.strip():
+        return Step(
+            "update", subject, details=("rules differ from the read-only tenant policy",), writes=(write,)
+        )
+    return Step("unchanged", subject)
+
+
+def _same(current: Any, desired: Any) -> bool:
+    if isinstance(desired, list):
+        return isinstance(current, list) and sorted(map(str, current)) == sorted(map(str, desired))
+    return bool(current == desired)
+
+
+def plan_role(current: Mapping[str, Any] | None, target: Target) -> Step:
+    subject = f"role {target.name} (auth/{target.k8s_mount})"
+    desired = desired_role(target)
+    write = Write(f"auth/{target.k8s_mount}/role/{target.name}", desired)
+    if current is None:
+        return Step("create", subject, writes=(write,))
+    changed = tuple(key for key, value in desired.items() if not _same(current.get(key), value))
+    if changed:
+        return Step("update", subject, details=changed, writes=(write,))
+    return Step("unchanged", subject)
+
+
+def _normalise_pem(text: Any) -> str:
+    return "\n".join(line.strip() for line in str(text or "").strip().splitlines())
+
+
+def plan_k8s_config(current: Mapping[str, Any] | None, target: Target) -> Step:
+    """Rewrite ``auth/<mount>/config`` only when needed, keeping every field already set.
+
+    A write replaces the whole config, so the payload is what Vault returned plus the given flags. The
+    reviewer JWT is never returned; see the module docstring for how it is kept.
+    """
+    subject = f"auth/{target.k8s_mount}/config"
+    path = f"auth/{target.k8s_mount}/config"
+    jwt = target.token_reviewer_jwt
+    if current is None:
+        if target.kubernetes_host is None:
+            raise BootstrapError(f"{subject} is not configured yet: --kubernetes-host is required")
+        data: dict[str, Any] = {K8S_HOST: target.kubernetes_host}
+        details = [K8S_HOST]
+        if target.kubernetes_ca_pem is not None:
+            data[K8S_CA] = target.kubernetes_ca_pem
+            details.append(K8S_CA)
+        if jwt is not None:
+            data[K8S_REVIEWER_JWT] = jwt
+            details.append(K8S_REVIEWER_JWT)
+        return Step("create", subject, details=tuple(details), writes=(Write(path, data),))
+
+    data = {key: value for key, value in current.items() if key not in K8S_CONFIG_READ_ONLY}
+    changed: list[str] = []
+    if (
+        target.kubernetes_host is not None
+        and str(current.get(K8S_HOST) or "").rstrip("/") != target.kubernetes_host
+    ):
+        data[K8S_HOST] = target.kubernetes_host
+        changed.append(K8S_HOST)
+    if target.kubernetes_ca_pem is not None and _normalise_pem(current.get(K8S_CA)) != _normalise_pem(
+        target.kubernetes_ca_pem
+    ):
+        data[K8S_CA] = target.kubernetes_ca_pem
+        changed.append(K8S_CA)
+    jwt_is_set = bool(current.get("token_reviewer_jwt_set"))
+    notes: list[str] = []
+    if jwt is not None:
+        if not jwt_is_set:
+            changed.append(K8S_REVIEWER_JWT)
+        elif target.replace_token_reviewer_jwt:
+            changed.append(f"{K8S_REVIEWER_JWT} replaced")
+        elif changed:
+            notes.append(f"{K8S_REVIEWER_JWT} written again from --token-reviewer-jwt")
+        else:
+            notes.append(
+                f"{K8S_REVIEWER_JWT} is set; Vault never returns it, so it was not compared with "
+                "--token-reviewer-jwt (add --replace-token-reviewer-jwt to write it)"
+            )
+        if changed:
+            data[K8S_REVIEWER_JWT] = jwt
+    elif changed and jwt_is_set:
+        raise BootstrapError(
+            f"{subject}: {', '.join(changed)} must change, but a write replaces the whole config and Vault "
+            f"does not return the {K8S_REVIEWER_JWT} that is set, so it would be dropped. "
+            "Pass --token-reviewer-jwt FILE again"
+        )
+    if not changed:
+        return Step("unchanged", subject, details=tuple(notes))
+    return Step("update", subject, details=tuple(changed + notes), writes=(Write(path, data),))
+
+
+def plan(state: VaultState, target: Target) -> list[Step]:
+    """Every step, in the order they must be applied (mounts, key, policy before the role using it)."""
+    return [
+        plan_auth_mount(state.auth_mounts, target),
+        plan_kv_mount(state.secret_mounts, target),
+        plan_transit_mount(state.secret_mounts, target),
+        plan_transit_key(state.transit_key, target),
+        plan_policy(state.policy, target),
+        plan_k8s_config(state.k8s_config, target),
+        plan_role(state.role, target),
+    ]
+
+
+def summary(steps: Sequence[Step], target: Target, *, dry_run: bool) -> str:
+    changes = sum(step.verb != "unchanged" for step in steps)
+    scope = f"env {target.env}, tenant {target.tenant}"
+    if changes == 0:
+        return f"nothing to change: Vault is already bootstrapped for {scope}"
+    if dry_run:
+        return f"dry run: {changes} change(s) for {scope} not applied"
+    return f"bootstrapped {scope}: {changes} change(s)"
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O edge: read the state, apply the writes.
+# ---------------------------------------------------------------------------------------------
+
+
+class VaultAdmin(Protocol):
+    def read(self, path: str) -> Mapping[str, Any] | None:
+        """GET /v1/<path>: the JSON answer, or None when Vault answers 404."""
+
+    def write(self, path: str, data: Mapping[str, Any]) -> None:
+        """POST /v1/<path> with ``data``."""
+
+
+class HvacVaultAdmin:
+    """VaultAdmin over hvac, with the admin token given explicitly (never hvac's env or ~/.vault-token)."""
+
+    def __init__(self, connection: Connection, *, timeout: float = 10.0) -> None:
+        verify: str | bool = str(connection.ca_cert) if connection.ca_cert is not None else True
+        self._client = hvac.Client(
+            url=connection.addr, token=connection.token, verify=verify, timeout=timeout
+        )
+
+    def read(self, path: str) -> Mapping[str, Any] | None:
+        answer = self._client.read(path)
+        return answer if isinstance(answer, Mapping) else None
+
+    def write(self, path: str, data: Mapping[str, Any]) -> None:
+        self._client.write_data(path, data=dict(data))
+
+    def close(self) -> None:
+        self._client.adapter.close()
+
+
+def _data(answer: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    if answer is None:
+        return None
+    data = answer.get("data")
+    return data if isinstance(data, Mapping) else None
+
+
+def read_state(vault: VaultAdmin, target: Target) -> VaultState:
+    """Everything ``plan`` needs; a path that does not exist (yet) reads as None."""
+    policy = _data(vault.read(f"sys/policies/acl/{target.name}"))
+    return VaultState(
+        auth_mounts=_data(vault.read("sys/auth")) or {},
+        secret_mounts=_data(vault.read("sys/mounts")) or {},
+        k8s_config=_data(vault.read(f"auth/{target.k8s_mount}/config")),
+        transit_key=_data(vault.read(f"{target.transit_mount}/keys/{target.name}")),
+        policy=str(policy["policy"]) if policy is not None and "policy" in policy else None,
+        role=_data(vault.read(f"auth/{target.k8s_mount}/role/{target.name}")),
+    )
+
+
+def run(vault: VaultAdmin, target: Target, *, dry_run: bool, out: TextIO) -> list[Step]:
+    """Read, plan, print each step, and (unless ``dry_run``) apply it. Returns the steps."""
+    steps = plan(read_state(vault, target), target)
+    for step in steps:
+        if not dry_run:
+            for write in step.writes:
+                vault.write(write.path, write.data)
+        print(step.describe(dry_run=dry_run), file=out, flush=True)
+    print(summary(steps, target, dry_run=dry_run), file=out, flush=True)
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI.
+# ---------------------------------------------------------------------------------------------
+
+AdminFactory = Callable[[Connection], VaultAdmin]
+
+
+def _vault_error(exc: Exception) -> tuple[int, str] | None:
+    """Exit code and message for an error from hvac/requests (None: not one of theirs)."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return EXIT_CONFIG, f"TLS error talking to Vault (check {c.ENV_VAULT_CACERT})"
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return EXIT_UNAVAILABLE, "Vault is unreachable"
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        return EXIT_UNAVAILABLE, "Vault is sealed or unavailable (503)"
+    if isinstance(exc, hvac.exceptions.Forbidden):
+        return (
+            EXIT_FAILED,
+            f"Vault refused a request (403): does {c.ENV_VAULT_TOKEN} have admin rights? ({exc})",
+        )
+    if isinstance(exc, hvac.exceptions.VaultError):
+        # hvac's message is Vault's error list plus method and URL; it never holds the request body.
+        return EXIT_FAILED, f"Vault error: {exc}"
+    return None
+
+
+def _close(vault: VaultAdmin) -> None:
+    close = getattr(vault, "close", None)
+    if callable(close):
+        close()
+
+
+def command(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    *,
+    admin_factory: AdminFactory = HvacVaultAdmin,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """``gtc-secrets bootstrap``: returns the exit code; errors go to ``err`` (stderr)."""
+    stdout = out if out is not None else sys.stdout
+    stderr = err if err is not None else sys.stderr
+    prefix = f"gtc-secrets {COMMAND}: error:"
+    try:
+        target = target_from_args(args, environ)
+        connection = connection_from_environ(environ)
+    except UsageError as exc:
+        print(f"{prefix} {exc}", file=stderr)
+        return EXIT_USAGE
+    vault = admin_factory(connection)
+    try:
+        run(vault, target, dry_run=bool(args.dry_run), out=stdout)
+    except BootstrapError as exc:
+        print(f"{prefix} {exc}", file=stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        mapped = _vault_error(exc)
+        if mapped is None:
+            raise
+        print(f"{prefix} {mapped[1]} ({connection.addr})", file=stderr)
+        return mapped[0]
+    finally:
+        _close(vault)
+    return EXIT_OK
+
+
+# Generic so that a CLI using its own ArgumentParser subclass (parser_class=...) type-checks too.
+_Parser = TypeVar("_Parser", bound=argparse.ArgumentParser)
+
+
+def register(
+    subparsers: argparse._SubParsersAction[_Parser],
+    *,
+    environ: Mapping[str, str] | None = None,
+    admin_factory: AdminFactory = HvacVaultAdmin,
+) -> None:
+    """Add the ``bootstrap`` subcommand; its ``func(args) -> int`` reads ``environ`` (default os.environ)."""
+    parser = subparsers.add_parser(
+        COMMAND,
+        help="prepare Vault for one env + tenant (auth, KV-v2, transit key, policy, role); idempotent",
+        description="Prepare Vault for the workers of one env + tenant: Kubernetes auth, KV-v2, transit and "
+        "the tenant's key, a read-only policy, and a role bound to the worker ServiceAccount in the given "
+        "namespaces. Idempotent; prints every change. Admin credentials from VAULT_ADDR / VAULT_TOKEN "
+        "(/ VAULT_CACERT); mounts from VAULT_K8S_MOUNT, VAULT_KV_MOUNT, VAULT_KV_PREFIX, "
+        "VAULT_TRANSIT_MOUNT.",
+    )
+    parser.add_argument("--env", required=True, help="environment, e.g. prod")
+    parser.add_argument("--tenant", required=True, help="tenant, e.g. acme")
+    parser.add_argument(
+        "--namespace",
+        required=True,
+        action="append",
+        metavar="NS",
+        help="Kubernetes namespace whose worker ServiceAccount may log in "
+        "(repeat for several; '*' is refused)",
+    )
+    parser.add_argument(
+        "--service-account",
+        default=DEFAULT_SERVICE_ACCOUNT,
+        help=f"the workers' ServiceAccount (default {DEFAULT_SERVICE_ACCOUNT}; '*' is refused)",
+    )
+    parser.add_argument("--kubernetes-host", metavar="URL", help="https URL of the Kubernetes API server")
+    parser.add_argument("--kubernetes-ca", metavar="FILE", help="PEM CA bundle of the Kubernetes API server")
+    parser.add_argument(
+        "--token-reviewer-jwt", metavar="FILE", help="file holding the JWT Vault uses to call TokenReview"
+    )
+    parser.add_argument(
+        "--replace-token-reviewer-jwt",
+        action="store_true",
+        help="write --token-reviewer-jwt even though one is set (Vault never returns it to compare)",
+    )
+    parser.add_argument(
+        "--audience", default=DEFAULT_AUDIENCE, help=f"token audience (default {DEFAULT_AUDIENCE})"
+    )
+    parser.add_argument(
+        "--token-ttl", default=DEFAULT_TOKEN_TTL, help=f"Vault token TTL (default {DEFAULT_TOKEN_TTL})"
+    )
+    parser.add_argument(
+        "--token-max-ttl",
+        default=DEFAULT_TOKEN_MAX_TTL,
+        help=f"Vault token max TTL (default {DEFAULT_TOKEN_MAX_TTL})",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+
+    def func(args: argparse.Namespace) -> int:
+        return command(args, os.environ if environ is None else environ, admin_factory=admin_factory)
+
+    parser.set_defaults(func=func)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """``python -m gtc_secrets.bootstrap ...`` (the same as ``gtc-secrets bootstrap ...``)."""
+    parser = argparse.ArgumentParser(prog="gtc-secrets")
+    register(parser.add_subparsers(dest="subcommand", required=True), environ=environ)
+    args = parser.parse_args([COMMAND, *(sys.argv[1:] if argv is None else argv)])
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
