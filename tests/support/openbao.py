@@ -56,8 +56,8 @@ STOP_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 60
 
-_UNSEAL_KEY_RE = re.compile(r"^Unseal Key: (\S+)\s*$", re.MULTILINE)
-_ROOT_TOKEN_RE = re.compile(r"^Root Token: (\S+)\s*$", re.MULTILINE)
+_UNSEAL_KEY_RE = re.compile(r"^Unseal Key: (\S+)[ \t]*$", re.MULTILINE)
+_ROOT_TOKEN_RE = re.compile(r"^Root Token: (\S+)[ \t]*$", re.MULTILINE)
 _PORT_IN_USE_RE = re.compile(r"address already in use", re.IGNORECASE)
 
 

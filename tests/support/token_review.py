@@ -6,8 +6,9 @@ configured with; this module serves exactly that one endpoint, over real TLS on 
 self-signed CA), and answers the way the API server does:
 
 - the caller must present ``Authorization: Bearer <reviewer JWT>`` issued here for the token-reviewer
-  ServiceAccount (401 ``Unauthorized`` Status otherwise; 403 ``Forbidden`` for another valid identity,
-  which is what Vault gets if its ``token_reviewer_jwt`` was dropped and it falls back to the worker's JWT);
+  ServiceAccount: a missing, forged or expired bearer, or one whose audience is not the API server's, gets
+  a 401 ``Unauthorized`` Status (that includes a worker's own JWT, which Vault sends as bearer when its
+  ``token_reviewer_jwt`` was dropped); a valid API-server token of another identity gets 403 ``Forbidden``;
 - the reviewed JWT is really verified: RS256 signature with the test key, ``exp``/``nbf``, issuer, the
   ServiceAccount subject, and audiences (``spec.audiences`` must intersect the token's ``aud``; the
   intersection is answered in ``status.audiences``; no ``spec.audiences`` means the API server's own);
