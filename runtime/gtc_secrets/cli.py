@@ -6,7 +6,7 @@ Exit codes (documented in README "Worker runtime"):
 0     success
 1     a secret could not be resolved or stored (missing, forbidden, invalid reference or envelope)
 2     usage error (bad arguments)
-3     configuration error (environment variables, CA bundle, ServiceAccount token file)
+3     configuration error (environment variables, CA bundle or TLS verification, token file)
 4     Vault unavailable for the whole boot timeout
 126   ``exec``: the command cannot be executed
 127   ``exec``: the command was not found
@@ -44,7 +44,7 @@ from gtc_secrets.refs import (
 from gtc_secrets.resolve import BootTimeout, ResolveError
 from gtc_secrets.seed import AdminVault, HvacAdminVault, SeedError, put_secret, strip_one_newline
 from gtc_secrets.settings import AdminSettings, RuntimeSettings, SettingsError
-from gtc_secrets.vault import TLSConfigError, TokenFileError, VaultError, VaultUnavailable
+from gtc_secrets.vault import TLSConfigError, TokenFileError, VaultError, VaultTLSError, VaultUnavailable
 
 log = logging.getLogger("gtc_secrets")
 
@@ -135,7 +135,7 @@ def _resolve(backend: SecretsBackend, refs: Sequence[SecretRef]) -> dict[SecretR
         return asyncio.run(backend.resolve(refs))
     except BootTimeout as exc:
         raise CommandError(EXIT_UNAVAILABLE, str(exc)) from None
-    except (TokenFileError, TLSConfigError) as exc:
+    except (TokenFileError, TLSConfigError, VaultTLSError) as exc:
         raise CommandError(EXIT_CONFIG, str(exc)) from None
     except VaultUnavailable as exc:  # pragma: no cover - retry_until turns these into BootTimeout
         raise CommandError(EXIT_UNAVAILABLE, str(exc)) from None

@@ -85,6 +85,12 @@ class VaultSealed(VaultUnavailable):
     label = "sealed or in maintenance"
 
 
+class VaultTLSError(VaultError):
+    """The TLS handshake or certificate check failed: a configuration problem (VAULT_CACERT), not retried."""
+
+    label = "TLS verification failed"
+
+
 class TokenFileError(Exception):
     """The ServiceAccount token file cannot be read; the message names the file."""
 
@@ -209,6 +215,8 @@ class AiohttpTransport:
                 except ValueError:
                     body = None
                 return Response(resp.status, body if isinstance(body, Mapping) else {})
+        except aiohttp.ClientSSLError as exc:
+            raise VaultTLSError(method, path, None, f"{type(exc).__name__}; check VAULT_CACERT") from None
         except aiohttp.ClientConnectionError as exc:
             raise VaultUnavailable(method, path, None, f"{type(exc).__name__}: {exc}") from None
         except TimeoutError:
