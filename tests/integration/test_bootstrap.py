@@ -379,6 +379,17 @@ def test_an_existing_kv_v1_mount_is_refused(bootstrapped: Bootstrapped, files: P
     assert root.read("sys/mounts")["data"]["legacy-kv/"]["options"]["version"] == "1"
 
 
+def test_a_token_without_admin_rights_is_refused(bootstrapped: Bootstrapped, files: Path) -> None:
+    """VAULT_TOKEN with only the default policy: Vault answers 403, bootstrap exits 1 and says why."""
+    openbao, reviewer = bootstrapped.openbao, bootstrapped.reviewer
+    weak = openbao.client().auth.token.create(policies=["default"], ttl="5m")["auth"]["client_token"]
+    environ = {**openbao.admin_environ(), "VAULT_TOKEN": weak}
+    code, out, err = run_bootstrap(bootstrap_args(ENV, "acme", ["acme-prod"], reviewer, files), environ)
+    assert code == bootstrap.EXIT_FAILED
+    assert "Vault refused a request (403)" in err
+    assert weak not in out + err
+
+
 def test_wrong_ca_is_a_tls_error(bootstrapped: Bootstrapped, files: Path) -> None:
     """VAULT_CACERT that does not sign Vault's certificate: exit 3, TLS error, nothing sent."""
     openbao, reviewer = bootstrapped.openbao, bootstrapped.reviewer
