@@ -14,7 +14,8 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -249,20 +250,21 @@ def test_worker_token_cannot_write_or_delete(bootstrapped: Bootstrapped) -> None
     kv = client.secrets.kv.v2
     for tenant in ("acme", "globex"):
         path = kv_sub(acme("protected", tenant=tenant))
-        attempts = {
-            "write": lambda p=path: kv.create_or_update_secret(path=p, secret={"value": "x"}),
-            "patch": lambda p=path: client.adapter.request(
+        attempts: dict[str, Callable[[], object]] = {
+            "write": partial(kv.create_or_update_secret, path=path, secret={"value": "x"}),
+            "patch": partial(
+                client.adapter.request,
                 "PATCH",
-                f"/v1/secret/data/{p}",
+                f"/v1/secret/data/{path}",
                 json={"data": {"value": "x"}},
                 headers={"Content-Type": "application/merge-patch+json"},
             ),
-            "delete latest": lambda p=path: kv.delete_latest_version_of_secret(path=p),
-            "delete versions": lambda p=path: kv.delete_secret_versions(path=p, versions=[1]),
-            "destroy": lambda p=path: kv.destroy_secret_versions(path=p, versions=[1]),
-            "delete metadata": lambda p=path: kv.delete_metadata_and_all_versions(path=p),
-            "read metadata": lambda p=path: kv.read_secret_metadata(path=p),
-            "list": lambda: kv.list_secrets(path="greentic/prod/acme"),
+            "delete latest": partial(kv.delete_latest_version_of_secret, path=path),
+            "delete versions": partial(kv.delete_secret_versions, path=path, versions=[1]),
+            "destroy": partial(kv.destroy_secret_versions, path=path, versions=[1]),
+            "delete metadata": partial(kv.delete_metadata_and_all_versions, path=path),
+            "read metadata": partial(kv.read_secret_metadata, path=path),
+            "list": partial(kv.list_secrets, path="greentic/prod/acme"),
         }
         refused = []
         for what, attempt in attempts.items():
