@@ -336,9 +336,18 @@ def main(
     configure_logging(env)
     parser = build_parser(env, backend_factory=backend_factory, admin_factory=admin_factory, execvpe=execvpe)
     try:
-        args = parser.parse_args(argv)
+        args, stray = parser.parse_known_args(argv)
     except SystemExit as exc:  # usage errors (2), --help / --version (0): return, do not raise
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if stray:
+        # argparse would quote them back; a stray argument is most often a value typed on the command
+        # line (`put REF s3cr3t`), so count them and never show them.
+        print(
+            f"{PROG}: error: {len(stray)} unexpected argument(s), not shown because they may hold a secret value;"
+            " values are read from stdin or --from-file, never from the command line",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         code: int = args.func(args)
         return code
