@@ -343,8 +343,8 @@ def main(
         # argparse would quote them back; a stray argument is most often a value typed on the command
         # line (`put REF s3cr3t`), so count them and never show them.
         print(
-            f"{PROG}: error: {len(stray)} unexpected argument(s), not shown because they may hold a secret value;"
-            " values are read from stdin or --from-file, never from the command line",
+            f"{PROG}: error: {len(stray)} unexpected argument(s), not shown as they may hold a secret"
+            " value; values are read from stdin or --from-file, never from the command line",
             file=sys.stderr,
         )
         return EXIT_USAGE
