@@ -91,6 +91,17 @@ def test_rule_labels_are_only_known_ids(rule: str, label: str) -> None:
         assert b"CANARY" not in m.exposition()
 
 
+def test_every_rule_constant_is_a_label() -> None:
+    """Each RULE_* constant counts under its own id (a rule added later is not folded into 'unknown')."""
+    rule_ids = {v for k, v in vars(c).items() if k.startswith("RULE_")}
+    assert c.RULE_DEV_SECRET_REFERENCE in rule_ids
+    m = Metrics()
+    m.observe_review(endpoint="mutate", decision="denied", rules=sorted(rule_ids), seconds=0.0, dry_run=False)
+    for rule in rule_ids:
+        assert reviews(m, "mutate", "denied", rule) == 1
+    assert reviews(m, "mutate", "denied", LABEL_UNKNOWN) == 0
+
+
 def test_endpoint_decision_and_status_are_fixed_words() -> None:
     """Unexpected endpoint, decision or status values are folded into fixed words."""
     m = Metrics()

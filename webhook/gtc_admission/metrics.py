@@ -20,17 +20,9 @@ from gtc_admission import constants as c
 
 ENDPOINTS: Final = frozenset({"mutate", "validate"})
 DECISIONS: Final = frozenset({"allowed", "denied", "warned"})
+# Every rule id constant (RULE_*), so that a rule added there is counted under its own id.
 KNOWN_RULES: Final = frozenset(
-    {
-        c.RULE_VAULT_SETTINGS_OVERRIDE,
-        c.RULE_TENANT_MISMATCH,
-        c.RULE_DEV_SECRET_REFERENCE,
-        c.RULE_WORKER_SERVICE_ACCOUNT,
-        c.RULE_ROUTER_BADGE,
-        c.RULE_UNKNOWN_SECRETS_PACK,
-        c.RULE_BINDINGS_NOT_READY,
-        c.RULE_INTERNAL_ERROR,
-    }
+    value for name, value in vars(c).items() if name.startswith("RULE_") and isinstance(value, str)
 )
 RULE_NONE: Final = "none"
 LABEL_UNKNOWN: Final = "unknown"
