@@ -1,0 +1,48 @@
+"""The audit trail: one JSON line on stdout per admission decision.
+
+stdout carries audit records only (logs go to stderr), so a log shipper can treat every stdout line of
+the webhook as one machine-readable record. The record itself is built by the decision core
+(``Outcome.audit``); it never holds env var values or secrets. This module only adds the time and writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TextIO
+
+FIELD_TIME: Final = "time"
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def rfc3339_utc(moment: dt.datetime) -> str:
+    """``2024-05-01T12:00:00.123Z``: RFC 3339, UTC, millisecond precision."""
+    if moment.tzinfo is None:
+        raise ValueError("audit times must be timezone-aware")
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def audit_line(record: Mapping[str, Any], moment: dt.datetime) -> str:
+    """The record with its time, as one compact JSON line (keys sorted, so lines are comparable)."""
+    return json.dumps({**record, FIELD_TIME: rfc3339_utc(moment)}, separators=(",", ":"), sort_keys=True)
+
+
+class AuditWriter:
+    """Writes audit lines to a text stream, flushing each, so no record waits in a buffer at a crash."""
+
+    def __init__(self, stream: TextIO, *, clock: Callable[[], dt.datetime] = utc_now) -> None:
+        self._stream = stream
+        self._clock = clock
+        # One line per write even if a thread (e.g. a future executor) writes at the same time.
+        self._lock = threading.Lock()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        line = audit_line(record, self._clock())
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
