@@ -1,0 +1,239 @@
+"""``gtc-admission``: serve the webhook, review a manifest offline, or write certificates for the cluster.
+
+Exit codes: 0 success (``review``: allowed), 1 ``review``: denied, 2 bad input, bad configuration or a
+server that cannot start, 3 an unexpected internal error in ``review`` (so that a crash is never
+mistaken for a plain denial by a CI pipeline).
+
+Logging is configured here and nowhere else; logs go to stderr. stdout carries only what the command
+produces: audit lines (``serve``), the AdmissionReview response (``review``), the caBundle (``certs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from gtc_admission import __version__
+from gtc_admission.config import Config, ConfigError, load_config
+from gtc_admission.namespace_cache import cluster_credentials_from_env
+from gtc_admission.offline import ReviewInputError, review_text
+from gtc_admission.server import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, StartupError, serve
+from gtc_admission.tls import DEFAULT_RELOAD_INTERVAL_SECONDS, generate_certificates, write_certificates
+
+log = logging.getLogger("gtc_admission")
+
+EXIT_OK: Final = 0
+EXIT_DENIED: Final = 1
+EXIT_BAD_INPUT: Final = 2
+EXIT_INTERNAL_ERROR: Final = 3
+
+STDIN: Final = "-"
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# DNS names for certificate SANs: letters, digits, hyphens, dots; an optional leading wildcard label.
+_DNS_NAME: Final = re.compile(
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$", re.IGNORECASE
+)
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {port}")
+    return port
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return seconds
+
+
+def _dns_name(value: str) -> str:
+    if len(value) > 253 or not _DNS_NAME.match(value):
+        raise argparse.ArgumentTypeError(f"not a DNS name: {value!r}")
+    return value.lower()
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gtc-admission",
+        description="Admission webhook that puts Greentic worker pods on Vault and refuses secret copies.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve_cmd = commands.add_parser(
+        "serve", help="serve /mutate, /validate, /healthz, /readyz, /metrics over HTTPS"
+    )
+    serve_cmd.add_argument("--config", required=True, type=Path, help="YAML configuration file")
+    serve_cmd.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}; in a pod pass 0.0.0.0)",
+    )
+    serve_cmd.add_argument("--port", default=DEFAULT_PORT, type=_port, help=f"default {DEFAULT_PORT}")
+    serve_cmd.add_argument("--tls-cert", type=Path, help="PEM certificate (chain); re-read when it changes")
+    serve_cmd.add_argument("--tls-key", type=Path, help="PEM private key; re-read when it changes")
+    serve_cmd.add_argument(
+        "--tls-reload-interval",
+        default=DEFAULT_RELOAD_INTERVAL_SECONDS,
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="how often the certificate files are checked for changes "
+        f"(default {DEFAULT_RELOAD_INTERVAL_SECONDS:g})",
+    )
+
+    review_cmd = commands.add_parser(
+        "review", help="offline: print the AdmissionReview response for a review or a manifest"
+    )
+    review_cmd.add_argument("--config", required=True, type=Path, help="YAML configuration file")
+    review_cmd.add_argument(
+        "input",
+        nargs="?",
+        default=STDIN,
+        metavar="INPUT|-",
+        help="AdmissionReview (JSON or YAML), or a Pod / workload manifest with --namespace; - for stdin",
+    )
+    review_cmd.add_argument("--namespace", help="namespace of a bare manifest")
+
+    certs_cmd = commands.add_parser(
+        "certs", help="write a CA, a serving certificate and key, and the base64 caBundle"
+    )
+    certs_cmd.add_argument("--out", required=True, type=Path, help="folder to write the files into")
+    certs_cmd.add_argument(
+        "--dns", required=True, nargs="+", action="extend", type=_dns_name, metavar="NAME", help="DNS names"
+    )
+    certs_cmd.add_argument(
+        "--ip", default=[], nargs="+", action="extend", type=_ip_address, metavar="ADDR", help="IP addresses"
+    )
+    return parser
+
+
+def _load_config(path: Path) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        log.error("config error: %s", exc)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        log.error("--tls-cert and --tls-key go together: give both or neither")
+        return EXIT_BAD_INPUT
+    config = _load_config(args.config)
+    if config is None:
+        return EXIT_BAD_INPUT
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_reload_seconds=args.tls_reload_interval,
+        # Decided once, here: in a pod the ServiceAccount, else KUBECONFIG, else static bindings only.
+        cluster=cluster_credentials_from_env(os.environ),
+    )
+    try:
+        asyncio.run(serve(settings, config))
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _read_input(source: str) -> str:
+    if source == STDIN:
+        return sys.stdin.read()
+    return Path(source).read_text(encoding="utf-8")
+
+
+def _review(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    if config is None:
+        return EXIT_BAD_INPUT
+    try:
+        text = _read_input(args.input)
+    except (OSError, UnicodeDecodeError) as exc:
+        log.error("cannot read %s: %s", args.input, getattr(exc, "strerror", None) or type(exc).__name__)
+        return EXIT_BAD_INPUT
+    try:
+        result = review_text(text, config=config, namespace=args.namespace)
+    except ReviewInputError as exc:
+        log.error("bad input: %s", exc)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        # Type only: the message could quote the input. Exit 3, so that CI never reads it as "denied".
+        log.error("internal error while reviewing (%s)", type(exc).__name__)
+        return EXIT_INTERNAL_ERROR
+    sys.stdout.write(json.dumps(result.review, indent=2) + "\n")
+    sys.stdout.flush()
+    return EXIT_OK if result.allowed else EXIT_DENIED
+
+
+def _certs(args: argparse.Namespace) -> int:
+    bundle = generate_certificates(args.dns, args.ip)
+    try:
+        paths = write_certificates(bundle, args.out)
+    except OSError as exc:
+        log.error("cannot write certificates to %s: %s", args.out, exc.strerror or type(exc).__name__)
+        return EXIT_BAD_INPUT
+    log.info(
+        "wrote %s (CA), %s and %s (serving certificate and key, 0600), %s (caBundle) for %s",
+        paths.ca_cert,
+        paths.cert,
+        paths.key,
+        paths.ca_bundle,
+        ", ".join([*args.dns, *args.ip]),
+    )
+    # stdout: only the caBundle, so that `CA_BUNDLE=$(gtc-admission certs ...)` works.
+    sys.stdout.write(bundle.ca_bundle_b64 + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed what to say
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    _configure_logging(args.log_level)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "review":
+        return _review(args)
+    return _certs(args)
