@@ -8,6 +8,7 @@ too: a typo such as ``forbidenSecrets`` must not silently disable a rule.
 from __future__ import annotations
 
 import logging
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ ENFORCEMENTS: tuple[Enforcement, ...] = ("deny", "warn", "dryrun")
 
 # Kubernetes refuses a projected serviceAccountToken with expirationSeconds below 10 minutes.
 MIN_TOKEN_EXPIRATION_SECONDS = 600
+# ... and one above 2^32 seconds (the API server's validation of projected token volumes).
+MAX_TOKEN_EXPIRATION_SECONDS = 1 << 32
 ROLE_PLACEHOLDERS = frozenset({"env", "tenant", "team"})
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 # RFC 1123 label (namespace names, tenant/team ids we put into paths and role names).
@@ -161,7 +164,9 @@ def _vault(value: object, key: str) -> VaultSettings:
     role = _string(raw.get("role", "gtc-{env}-{tenant}"), f"{key}.role")
     for name in _PLACEHOLDER.findall(role):
         if name not in ROLE_PLACEHOLDERS:
-            raise ConfigError(f"{key}.role: unknown placeholder {{{name}}} (allowed: {{env}} {{tenant}} {{team}})")
+            raise ConfigError(
+                f"{key}.role: unknown placeholder {{{name}}} (allowed: {{env}} {{tenant}} {{team}})"
+            )
     try:
         role.format(env="e", tenant="t", team="m")
     except (ValueError, IndexError, KeyError) as exc:
@@ -169,9 +174,17 @@ def _vault(value: object, key: str) -> VaultSettings:
     return VaultSettings(
         addr=addr,
         role=role,
-        kv_mount=_string(raw.get("kvMount", c.DEFAULT_KV_MOUNT), f"{key}.kvMount").strip("/"),
-        kv_prefix=_string(raw.get("kvPrefix", c.DEFAULT_KV_PREFIX), f"{key}.kvPrefix").strip("/"),
+        kv_mount=_kv_path(raw.get("kvMount", c.DEFAULT_KV_MOUNT), f"{key}.kvMount"),
+        kv_prefix=_kv_path(raw.get("kvPrefix", c.DEFAULT_KV_PREFIX), f"{key}.kvPrefix"),
     )
+
+
+def _kv_path(value: object, key: str) -> str:
+    # Surrounding slashes are dropped; what remains must not be empty ("/" would mean no mount at all).
+    path = _string(value, key).strip("/")
+    if not path:
+        raise ConfigError(f"{key}: must name a path, not only slashes")
+    return path
 
 
 def _environment(name: str, value: object, key: str) -> Environment:
@@ -186,7 +199,9 @@ def _environment(name: str, value: object, key: str) -> Environment:
         raise ConfigError(f"{key}.vault: required when secretsPack is {c.PACK_VAULT}")
     if pack not in c.KNOWN_PACKS:
         # Accepted so that the unknown-secrets-pack rule can refuse its workers (fail closed).
-        log.warning("%s.secretsPack: unknown pack %r; worker pods in this environment will be denied", key, pack)
+        log.warning(
+            "%s.secretsPack: unknown pack %r; worker pods in this environment will be denied", key, pack
+        )
     return Environment(name=name, secrets_pack=pack, enforcement=cast(Enforcement, enforcement), vault=vault)
 
 
@@ -199,10 +214,22 @@ def _token(value: object, key: str) -> TokenSettings:
         raise ConfigError(f"{key}.expirationSeconds: must be an integer")
     if expiration < MIN_TOKEN_EXPIRATION_SECONDS:
         raise ConfigError(
-            f"{key}.expirationSeconds: {expiration} is below the Kubernetes minimum of {MIN_TOKEN_EXPIRATION_SECONDS}"
+            f"{key}.expirationSeconds: {expiration} is below the Kubernetes minimum "
+            f"of {MIN_TOKEN_EXPIRATION_SECONDS}"
+        )
+    if expiration > MAX_TOKEN_EXPIRATION_SECONDS:
+        raise ConfigError(
+            f"{key}.expirationSeconds: {expiration} is above the Kubernetes maximum "
+            f"of {MAX_TOKEN_EXPIRATION_SECONDS} (2^32)"
         )
     path = _string(raw.get("path", defaults.path), f"{key}.path")
-    if not path.startswith("/") or path.endswith("/") or Path(path).parent == Path("/"):
+    # Normalised, so that the folder mounted into every container is exactly the folder the path names.
+    if (
+        not path.startswith("/")
+        or path.endswith("/")
+        or posixpath.normpath(path) != path
+        or Path(path).parent == Path("/")
+    ):
         raise ConfigError(f"{key}.path: must be an absolute file path below a folder, e.g. {defaults.path}")
     return TokenSettings(
         audience=_string(raw.get("audience", defaults.audience), f"{key}.audience"),
@@ -228,7 +255,11 @@ def _binding(value: object, key: str, environments: Mapping[str, Environment]) -
 def parse_config(document: object) -> Config:
     """Build a Config from a parsed YAML document; raises ConfigError naming the key."""
     raw = _mapping(document, "config")
-    _only_keys(raw, "", {"serviceAccount", "forbiddenSecrets", "selectors", "vaultToken", "environments", "namespaces"})
+    _only_keys(
+        raw,
+        "",
+        {"serviceAccount", "forbiddenSecrets", "selectors", "vaultToken", "environments", "namespaces"},
+    )
     defaults = Config()
 
     service_account = _string(
@@ -247,8 +278,10 @@ def parse_config(document: object) -> Config:
     selectors_raw = _mapping(raw.get("selectors"), "selectors")
     _only_keys(selectors_raw, "selectors", {"worker", "router"})
     selectors = Selectors(
-        worker=_string_map(selectors_raw.get("worker"), "selectors.worker") or dict(defaults.selectors.worker),
-        router=_string_map(selectors_raw.get("router"), "selectors.router") or dict(defaults.selectors.router),
+        worker=_string_map(selectors_raw.get("worker"), "selectors.worker")
+        or dict(defaults.selectors.worker),
+        router=_string_map(selectors_raw.get("router"), "selectors.router")
+        or dict(defaults.selectors.router),
     )
     if dict(selectors.worker) == dict(selectors.router):
         raise ConfigError("selectors: worker and router selectors must differ")

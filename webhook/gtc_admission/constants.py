@@ -21,7 +21,7 @@ KNOWN_PACKS: Final = frozenset({PACK_VAULT, PACK_DEV_STORE})
 ENV_SECRETS_BACKEND: Final = "GREENTIC_SECRETS_BACKEND"
 ENV_VAULT_ADDR: Final = "VAULT_ADDR"
 ENV_VAULT_ROLE: Final = "VAULT_K8S_ROLE"
-ENV_VAULT_TOKEN_PATH: Final = "VAULT_K8S_TOKEN_PATH"
+ENV_VAULT_TOKEN_PATH: Final = "VAULT_K8S_TOKEN_PATH"  # noqa: S105 (a name, not a credential)
 ENV_VAULT_KV_MOUNT: Final = "VAULT_KV_MOUNT"
 ENV_VAULT_KV_PREFIX: Final = "VAULT_KV_PREFIX"
 ENV_GREENTIC_ENV: Final = "GREENTIC_ENV"
@@ -34,7 +34,7 @@ DEFAULT_KV_MOUNT: Final = "secret"
 DEFAULT_KV_PREFIX: Final = "greentic"
 
 # --- Names of what the webhook adds to a pod. ---
-VAULT_TOKEN_VOLUME: Final = "gtc-vault-token"
+VAULT_TOKEN_VOLUME: Final = "gtc-vault-token"  # noqa: S105 (a name, not a credential)
 
 # --- ServiceAccount names. ---
 DEFAULT_SERVICE_ACCOUNT: Final = "default"
@@ -47,7 +47,7 @@ COMPONENT_OTHER: Final = "other"
 # --- Rule ids: stable, used in logs, metrics, messages and audit annotations. ---
 RULE_VAULT_SETTINGS_OVERRIDE: Final = "vault-settings-override"
 RULE_TENANT_MISMATCH: Final = "tenant-mismatch"
-RULE_DEV_SECRET_REFERENCE: Final = "dev-secret-reference"
+RULE_DEV_SECRET_REFERENCE: Final = "dev-secret-reference"  # noqa: S105 (a name, not a credential)
 RULE_WORKER_SERVICE_ACCOUNT: Final = "worker-service-account"
 RULE_ROUTER_BADGE: Final = "router-badge"
 RULE_UNKNOWN_SECRETS_PACK: Final = "unknown-secrets-pack"
@@ -55,6 +55,9 @@ RULE_UNKNOWN_SECRETS_PACK: Final = "unknown-secrets-pack"
 RULE_BINDINGS_NOT_READY: Final = "bindings-not-ready"
 # Not a policy rule: an unexpected internal error on a valid review (fail closed).
 RULE_INTERNAL_ERROR: Final = "internal-error"
+# The object under review has the wrong shape where a rule must look (e.g. spec.containers is a string).
+# The API server never sends such an object; curl and offline reviews can. Refused where a rule applies.
+RULE_INVALID_OBJECT: Final = "invalid-object"
 
 # --- Audit annotation keys on the AdmissionReview response (prefix-free keys; the API server adds the
 # webhook configuration's name as prefix). ---

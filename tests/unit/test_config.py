@@ -1,0 +1,230 @@
+"""The configuration contract: the example file loads, defaults apply, every error names its key."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gtc_admission import constants as c
+from gtc_admission.config import Config, ConfigError, NamespaceBinding, load_config, parse_config
+from tests.unit.conftest import CONFIG_DOCUMENT
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "webhook" / "config.yaml"
+
+
+def test_example_config_loads() -> None:
+    """deploy/webhook/config.yaml parses into the documented contract."""
+    config = load_config(EXAMPLE)
+    assert config.service_account == "gtc-worker"
+    assert config.forbidden_secrets == frozenset({"gtc-dev-secrets"})
+    assert dict(config.selectors.worker) == {"greentic.ai/component": "worker"}
+    assert config.vault_token.expiration_seconds == 600
+    assert config.vault_token.directory == "/var/run/secrets/greentic/vault"
+    assert config.vault_token.filename == "token"
+    prod = config.environments["prod"]
+    assert prod.uses_vault and prod.enforcement == "deny"
+    assert prod.vault is not None and prod.vault.role_for("prod", "acme", "core") == "gtc-prod-acme"
+    assert not config.environments["dev"].uses_vault
+    assert config.namespaces["acme-prod"] == NamespaceBinding(env="prod", tenant="acme", team="core")
+
+
+def test_empty_document_gives_the_defaults() -> None:
+    """An empty file is the built-in defaults: badge gtc-worker, gtc-dev-secrets forbidden, no bindings."""
+    assert parse_config(None) == Config()
+    assert parse_config({}).vault_token.path == "/var/run/secrets/greentic/vault/token"
+
+
+def test_defaults_inside_sections() -> None:
+    """Optional keys take their defaults: team, enforcement, role, kvMount/kvPrefix."""
+    config = parse_config(
+        {
+            "environments": {"p": {"secretsPack": c.PACK_VAULT, "vault": {"addr": "https://v:8200"}}},
+            "namespaces": {"ns": {"env": "p", "tenant": "t"}},
+        }
+    )
+    env = config.environments["p"]
+    assert env.enforcement == "deny"
+    assert env.vault is not None
+    assert (env.vault.role, env.vault.kv_mount, env.vault.kv_prefix) == (
+        "gtc-{env}-{tenant}",
+        "secret",
+        "greentic",
+    )
+    assert config.namespaces["ns"].team == c.DEFAULT_TEAM
+
+
+def test_kv_paths_lose_surrounding_slashes() -> None:
+    """kvMount "/kv/" is the mount "kv"."""
+    config = parse_config(
+        {
+            "environments": {
+                "p": {
+                    "secretsPack": c.PACK_VAULT,
+                    "vault": {"addr": "https://v", "kvMount": "/kv/", "kvPrefix": "a/b/"},
+                }
+            }
+        }
+    )
+    vault = config.environments["p"].vault
+    assert vault is not None and (vault.kv_mount, vault.kv_prefix) == ("kv", "a/b")
+
+
+def test_undefined_environment_and_unknown_pack_are_accepted_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both load (so unknown-secrets-pack can refuse their workers) and are logged at start."""
+    with caplog.at_level(logging.WARNING, logger="gtc_admission.config"):
+        config = parse_config(
+            {
+                "environments": {"x": {"secretsPack": "greentic.secrets.other"}},
+                "namespaces": {"ns": {"env": "missing", "tenant": "t"}},
+            }
+        )
+    assert not config.environments["x"].pack_is_known
+    assert config.namespaces["ns"].env == "missing"
+    text = caplog.text
+    assert "environments.x.secretsPack" in text and "namespaces.ns.env" in text
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    keys = path.split(".")
+
+    def apply(document: dict[str, Any]) -> None:
+        node = document
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+
+    return apply
+
+
+def _delete(path: str) -> Callable[[dict[str, Any]], None]:
+    keys = path.split(".")
+
+    def apply(document: dict[str, Any]) -> None:
+        node = document
+        for key in keys[:-1]:
+            node = node[key]
+        del node[keys[-1]]
+
+    return apply
+
+
+ERRORS: list[Any] = [
+    pytest.param(_set("forbidenSecrets", []), "forbidenSecrets: unknown key", id="typo-top-level"),
+    pytest.param(
+        _set("serviceAccount", "default"), "serviceAccount: must not be 'default'", id="badge-default"
+    ),
+    pytest.param(_set("serviceAccount", "Not_A_Name"), "serviceAccount:", id="badge-not-a-name"),
+    pytest.param(_set("serviceAccount", ""), "serviceAccount: must be a non-empty string", id="badge-empty"),
+    pytest.param(
+        _set("forbiddenSecrets", "gtc-dev-secrets"), "forbiddenSecrets: must be a list", id="forbidden-str"
+    ),
+    pytest.param(_set("forbiddenSecrets", ["ok", 7]), "forbiddenSecrets[1]", id="forbidden-item"),
+    pytest.param(_set("selectors", []), "selectors: must be a mapping", id="selectors-list"),
+    pytest.param(_set("selectors.extra", {}), "selectors.extra: unknown key", id="selectors-typo"),
+    pytest.param(_set("selectors.worker", {"a": 1}), "selectors.worker.a", id="selector-value"),
+    pytest.param(
+        _set("selectors.router", {"greentic.ai/component": "worker"}),
+        "selectors: worker and router",
+        id="same-sel",
+    ),
+    pytest.param(_set("vaultToken.audiences", "x"), "vaultToken.audiences: unknown key", id="token-typo"),
+    pytest.param(
+        _set("vaultToken.expirationSeconds", 599), "vaultToken.expirationSeconds: 599", id="expiry-low"
+    ),
+    pytest.param(
+        _set("vaultToken.expirationSeconds", 2**32 + 1), "vaultToken.expirationSeconds:", id="expiry-high"
+    ),
+    pytest.param(
+        _set("vaultToken.expirationSeconds", "600"),
+        "vaultToken.expirationSeconds: must be an integer",
+        id="expiry-str",
+    ),
+    pytest.param(
+        _set("vaultToken.expirationSeconds", True),
+        "vaultToken.expirationSeconds: must be an integer",
+        id="expiry-bool",
+    ),
+    pytest.param(_set("vaultToken.path", "token"), "vaultToken.path", id="path-relative"),
+    pytest.param(_set("vaultToken.path", "/token"), "vaultToken.path", id="path-in-root"),
+    pytest.param(_set("vaultToken.path", "/a/b/"), "vaultToken.path", id="path-folder"),
+    pytest.param(_set("vaultToken.path", "/a/../b/token"), "vaultToken.path", id="path-not-normal"),
+    pytest.param(_set("vaultToken.audience", ""), "vaultToken.audience", id="audience-empty"),
+    pytest.param(_set("environments", []), "environments: must be a mapping", id="envs-list"),
+    pytest.param(
+        _set("environments.prod.secretsPack", None), "environments.prod.secretsPack", id="pack-missing"
+    ),
+    pytest.param(
+        _set("environments.prod.enforcement", "block"), "environments.prod.enforcement", id="enforcement"
+    ),
+    pytest.param(_set("environments.prod.mode", "x"), "environments.prod.mode: unknown key", id="env-typo"),
+    pytest.param(_delete("environments.prod.vault"), "environments.prod.vault: required", id="vault-missing"),
+    pytest.param(
+        _set("environments.prod.vault", "x"), "environments.prod.vault: must be a mapping", id="vault-str"
+    ),
+    pytest.param(
+        _set("environments.prod.vault.addr", "vault:8200"), "environments.prod.vault.addr", id="addr-no-url"
+    ),
+    pytest.param(_delete("environments.prod.vault.addr"), "environments.prod.vault.addr", id="addr-missing"),
+    pytest.param(
+        _set("environments.prod.vault.role", "r-{tenent}"), "environments.prod.vault.role", id="role-typo"
+    ),
+    pytest.param(
+        _set("environments.prod.vault.role", "r-{env"), "environments.prod.vault.role", id="role-broken"
+    ),
+    pytest.param(
+        _set("environments.prod.vault.kvMount", "/"), "environments.prod.vault.kvMount", id="mount-slash"
+    ),
+    pytest.param(
+        _set("environments.prod.vault.kvPrefix", ""), "environments.prod.vault.kvPrefix", id="prefix-empty"
+    ),
+    pytest.param(
+        _set("environments.prod.vault.token", "s"),
+        "environments.prod.vault.token: unknown key",
+        id="vault-typo",
+    ),
+    pytest.param(_set("namespaces", "acme"), "namespaces: must be a mapping", id="namespaces-str"),
+    pytest.param(
+        _set("namespaces.Bad_NS", {"env": "prod", "tenant": "a"}), "namespaces.Bad_NS", id="ns-name"
+    ),
+    pytest.param(
+        _set("namespaces.acme-prod.tenant", "ACME"), "namespaces.acme-prod.tenant", id="tenant-name"
+    ),
+    pytest.param(_set("namespaces.acme-prod.team", "a b"), "namespaces.acme-prod.team", id="team-name"),
+    pytest.param(_delete("namespaces.acme-prod.env"), "namespaces.acme-prod.env", id="binding-env-missing"),
+    pytest.param(
+        _set("namespaces.acme-prod.owner", "x"), "namespaces.acme-prod.owner: unknown key", id="binding-typo"
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), ERRORS)
+def test_config_error_names_the_key(change: Callable[[dict[str, Any]], None], expected: str) -> None:
+    """Each broken key is refused with a ConfigError whose message starts at that key."""
+    document = copy.deepcopy(CONFIG_DOCUMENT)
+    change(document)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document)
+    assert expected in str(caught.value)
+
+
+def test_top_level_not_a_mapping() -> None:
+    """A YAML list instead of a mapping names the document."""
+    with pytest.raises(ConfigError, match="config: must be a mapping"):
+        parse_config(["serviceAccount"])
+
+
+def test_load_config_file_errors(tmp_path: Path) -> None:
+    """A missing file and a file that is not YAML are ConfigErrors naming the file."""
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("serviceAccount: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
