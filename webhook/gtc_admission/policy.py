@@ -1,0 +1,692 @@
+"""The admission rules, pure: a parsed review, the config and a binding source in; a ``Verdict`` out.
+
+No I/O and no knowledge of HTTP. ``judge`` decides which object is under review (a Pod, or the pod template
+of a workload controller), which namespace binding applies, what the worker mutation is, and which rules
+fire on the object as it will be (``/mutate``, controllers) or as it was sent (``/validate`` of a Pod).
+``admission.py`` turns the verdict into the AdmissionReview response and the audit record.
+
+Messages and warnings name fields, containers and variables, never a value from the object: env values
+and secret contents must not reach logs, audit lines or the client. Names taken from the object are
+shown through ``_show`` (ASCII, shortened), because the object may not come from the API server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final, Literal
+
+from gtc_admission import constants as c
+from gtc_admission.bindings import BindingSource
+from gtc_admission.config import Config, Enforcement, Environment, NamespaceBinding, Selectors, TokenSettings
+from gtc_admission.patch import Edit, ListEdit, SetMember, apply_edits
+from gtc_admission.review import ReviewRequest
+
+Component = Literal["worker", "router", "other"]
+
+# Workload controllers whose pod template is judged, by (API group, kind): the path to the template.
+CONTROLLER_TEMPLATES: Final[Mapping[tuple[str, str], tuple[str, ...]]] = {
+    ("apps", "Deployment"): ("spec", "template"),
+    ("apps", "StatefulSet"): ("spec", "template"),
+    ("apps", "DaemonSet"): ("spec", "template"),
+    ("apps", "ReplicaSet"): ("spec", "template"),
+    ("batch", "Job"): ("spec", "template"),
+    ("batch", "CronJob"): ("spec", "jobTemplate", "spec", "template"),
+}
+POD_CONTAINER_LISTS: Final = ("containers", "initContainers")  # what the worker mutation touches
+ALL_CONTAINER_LISTS: Final = ("containers", "initContainers", "ephemeralContainers")
+SUBRESOURCE_EPHEMERAL: Final = "ephemeralcontainers"
+
+# Kubernetes shows admission warnings to the user; keep each one short and plain ASCII.
+MAX_WARNING_LENGTH: Final = 120
+_NAME_IN_WARNING: Final = 24
+_NAME_IN_MESSAGE: Final = 63
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+=-]")
+_NON_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
+class InvalidObject(Exception):
+    """The object under review has the wrong shape at ``path`` (never raised for the request itself)."""
+
+    def __init__(self, path: str, expected: str) -> None:
+        super().__init__(f"{path}: expected {expected}")
+        self.path = path
+        self.expected = expected
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One rule that fired. ``blocking`` findings deny (subject to enforcement); the others only warn."""
+
+    rule: str
+    message: str  # full text for the denial status and the audit line; names fields, never values
+    warning: str  # short ASCII form for an admission warning
+    blocking: bool = True
+    code: int = 403
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    findings: tuple[Finding, ...] = ()
+    edits: tuple[Edit, ...] = ()  # the patch; only for a Pod on CREATE through /mutate
+    component: Component | None = None  # None: no pod or pod template was looked at
+    binding: NamespaceBinding | None = None
+    enforcement: Enforcement | None = None  # None: no environment applies, blocking findings deny
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A setting of the pod that the worker mutation replaces (rule vault-settings-override)."""
+
+    where: str  # field path of the replaced entry
+    container: str  # shown container name, "" for the pod-level volume
+    what: str  # the variable name, or a description of the volume / mount
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    edits: tuple[Edit, ...]
+    overrides: tuple[Override, ...]
+
+
+# --- Small readers: the object may be anything, so every access is type-checked. ------------------------
+
+
+def _show(value: object, limit: int = _NAME_IN_MESSAGE) -> str:
+    text = _UNSAFE.sub("?", value) if isinstance(value, str) and value else "?"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _warning(rule: str, text: str) -> str:
+    line = _NON_ASCII.sub("?", f"{rule}: {text}")
+    return line if len(line) <= MAX_WARNING_LENGTH else line[: MAX_WARNING_LENGTH - 3] + "..."
+
+
+# The readers take the field path in parts and join them only for an error: paths are built for every
+# entry of every container, and formatting them eagerly would dominate the cost of a decision.
+
+
+def _where(path: tuple[object, ...]) -> str:
+    return "".join(str(part) for part in path)
+
+
+def _mapping(value: object, *path: object) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidObject(_where(path), "an object")
+    return value
+
+
+def _dicts(value: object, *path: object) -> list[Mapping[str, Any]]:
+    """A list of objects; missing or null is an empty list."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidObject(_where(path), "a list")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise InvalidObject(f"{_where(path)}[{index}]", "an object")
+    return value
+
+
+def _string(value: object, *path: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidObject(_where(path), "a string")
+
+
+def _metadata(root: Mapping[str, Any], prefix: str) -> Mapping[str, Any] | None:
+    return _mapping(root.get("metadata"), prefix, "metadata")
+
+
+def _spec(root: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
+    spec = _mapping(root.get("spec"), prefix, "spec")
+    if spec is None:
+        raise InvalidObject(f"{prefix}spec", "an object")
+    return spec
+
+
+def being_deleted(obj: Mapping[str, Any]) -> bool:
+    metadata = obj.get("metadata")
+    return isinstance(metadata, dict) and bool(metadata.get("deletionTimestamp"))
+
+
+def classify(labels: Mapping[str, Any], selectors: Selectors) -> Component:
+    """matchLabels semantics. A pod matching both selectors is a worker: it then gets every worker rule."""
+    if all(labels.get(key) == value for key, value in selectors.worker.items()):
+        return c.COMPONENT_WORKER
+    if all(labels.get(key) == value for key, value in selectors.router.items()):
+        return c.COMPONENT_ROUTER
+    return c.COMPONENT_OTHER
+
+
+def effective_service_account(spec: Mapping[str, Any], prefix: str) -> tuple[str, str | None]:
+    """The ServiceAccount the pod runs as, and the deprecated alias as sent.
+
+    As in the API server's conversion, ``serviceAccountName`` wins and the alias ``serviceAccount`` only
+    counts when the name is empty.
+    """
+    name = _string(spec.get("serviceAccountName"), prefix, "spec.serviceAccountName")
+    alias = _string(spec.get("serviceAccount"), prefix, "spec.serviceAccount")
+    return name or alias or "", alias
+
+
+# --- dev-secret-reference ----------------------------------------------------------------------------
+
+
+def forbidden_references(
+    spec: Mapping[str, Any], forbidden: frozenset[str], prefix: str
+) -> list[tuple[str, str]]:
+    """Every place the pod spec names a forbidden Secret, as (field path, secret name), in document order."""
+    found: list[tuple[str, str]] = []
+    if not forbidden:
+        return found
+
+    def check(value: object, *path: object) -> None:
+        name = _string(value, *path)
+        if name is not None and name in forbidden:
+            found.append((_where(path), name))
+
+    for list_name in ALL_CONTAINER_LISTS:
+        for ci, container in enumerate(_dicts(spec.get(list_name), prefix, "spec.", list_name)):
+            at = (prefix, "spec.", list_name, "[", ci, "]")
+            for ei, entry in enumerate(_dicts(container.get("env"), *at, ".env")):
+                value_from = _mapping(entry.get("valueFrom"), *at, ".env[", ei, "].valueFrom")
+                if value_from is not None:
+                    ref = _mapping(
+                        value_from.get("secretKeyRef"), *at, ".env[", ei, "].valueFrom.secretKeyRef"
+                    )
+                    if ref is not None:
+                        check(ref.get("name"), *at, ".env[", ei, "].valueFrom.secretKeyRef.name")
+            for fi, source in enumerate(_dicts(container.get("envFrom"), *at, ".envFrom")):
+                ref = _mapping(source.get("secretRef"), *at, ".envFrom[", fi, "].secretRef")
+                if ref is not None:
+                    check(ref.get("name"), *at, ".envFrom[", fi, "].secretRef.name")
+    for vi, volume in enumerate(_dicts(spec.get("volumes"), prefix, "spec.volumes")):
+        vat = (prefix, "spec.volumes[", vi, "]")
+        secret = _mapping(volume.get("secret"), *vat, ".secret")
+        if secret is not None:
+            check(secret.get("secretName"), *vat, ".secret.secretName")
+        projected = _mapping(volume.get("projected"), *vat, ".projected")
+        if projected is not None:
+            for si, source in enumerate(_dicts(projected.get("sources"), *vat, ".projected.sources")):
+                ref = _mapping(source.get("secret"), *vat, ".projected.sources[", si, "].secret")
+                if ref is not None:
+                    check(ref.get("name"), *vat, ".projected.sources[", si, "].secret.name")
+    return found
+
+
+def _dev_secret_finding(refs: list[tuple[str, str]]) -> Finding:
+    names = ", ".join(sorted({name for _, name in refs}))
+    paths = [path for path, _ in refs]
+    more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+    return Finding(
+        rule=c.RULE_DEV_SECRET_REFERENCE,
+        message=f"references forbidden Secret {names} at {', '.join(paths)}",
+        warning=_warning(c.RULE_DEV_SECRET_REFERENCE, f"{names} referenced at {paths[0]}{more}"),
+    )
+
+
+# --- Worker mutation -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What the mutation puts into a worker pod of one namespace binding (only immutable parts)."""
+
+    vault_settings: Mapping[str, str]  # variables the pod may not override -> configured value
+    identity: Mapping[str, str]  # GREENTIC_ENV/TENANT/TEAM -> the binding's values
+    added: tuple[tuple[str, str], ...]  # variables added when missing, in order
+    audience: str
+    expiration_seconds: int
+    token_file: str
+    mount_dir: str
+
+
+@lru_cache(maxsize=256)
+def worker_settings(env: Environment, binding: NamespaceBinding, token: TokenSettings) -> WorkerSettings:
+    vault = env.vault
+    if vault is None:  # parse_config refuses a Vault environment without vault settings
+        raise ValueError(f"environment {env.name} has no vault settings")
+    vault_settings = {
+        c.ENV_SECRETS_BACKEND: c.BACKEND_VAULT,
+        c.ENV_VAULT_ADDR: vault.addr,
+        c.ENV_VAULT_ROLE: vault.role_for(env.name, binding.tenant, binding.team),
+        c.ENV_VAULT_TOKEN_PATH: token.path,
+        c.ENV_VAULT_KV_MOUNT: vault.kv_mount,
+        c.ENV_VAULT_KV_PREFIX: vault.kv_prefix,
+    }
+    identity = {
+        c.ENV_GREENTIC_ENV: env.name,
+        c.ENV_GREENTIC_TENANT: binding.tenant,
+        c.ENV_GREENTIC_TEAM: binding.team,
+    }
+    added = [
+        (c.ENV_SECRETS_BACKEND, c.BACKEND_VAULT),
+        (c.ENV_VAULT_ADDR, vault.addr),
+        (c.ENV_VAULT_ROLE, vault_settings[c.ENV_VAULT_ROLE]),
+        (c.ENV_VAULT_TOKEN_PATH, token.path),
+        *identity.items(),
+    ]
+    # The runtime's defaults need no variable; an explicit one would only add noise to every pod.
+    if vault.kv_mount != c.DEFAULT_KV_MOUNT:
+        added.append((c.ENV_VAULT_KV_MOUNT, vault.kv_mount))
+    if vault.kv_prefix != c.DEFAULT_KV_PREFIX:
+        added.append((c.ENV_VAULT_KV_PREFIX, vault.kv_prefix))
+    return WorkerSettings(
+        vault_settings=vault_settings,
+        identity=identity,
+        added=tuple(added),
+        audience=token.audience,
+        expiration_seconds=token.expiration_seconds,
+        token_file=token.filename,
+        mount_dir=token.directory,
+    )
+
+
+def token_volume(settings: WorkerSettings) -> dict[str, Any]:
+    """A fresh copy each time: it ends up in the patch and in the judged view."""
+    return {
+        "name": c.VAULT_TOKEN_VOLUME,
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": settings.audience,
+                        "expirationSeconds": settings.expiration_seconds,
+                        "path": settings.token_file,
+                    }
+                }
+            ]
+        },
+    }
+
+
+def token_mount(settings: WorkerSettings) -> dict[str, Any]:
+    return {"name": c.VAULT_TOKEN_VOLUME, "mountPath": settings.mount_dir, "readOnly": True}
+
+
+def _is_token_volume(volume: Mapping[str, Any], settings: WorkerSettings) -> bool:
+    """Compare only what the webhook sets: the API server adds e.g. ``projected.defaultMode: 420``."""
+    if volume.keys() - {"name", "projected"}:
+        return False  # a second volume source next to ours
+    projected = volume.get("projected")
+    if not isinstance(projected, dict):
+        return False
+    sources = projected.get("sources")
+    if not isinstance(sources, list) or len(sources) != 1 or not isinstance(sources[0], dict):
+        return False
+    token = sources[0].get("serviceAccountToken")
+    return (
+        isinstance(token, dict)
+        and token.get("audience") == settings.audience
+        and token.get("expirationSeconds") == settings.expiration_seconds
+        and token.get("path") == settings.token_file
+    )
+
+
+def _container_name(container: Mapping[str, Any]) -> str:
+    return _show(container.get("name"), _NAME_IN_WARNING)
+
+
+def _same_dir(mount_path: str, directory: str) -> bool:
+    return mount_path.rstrip("/") == directory
+
+
+def plan_worker(
+    root: Mapping[str, Any], spec: Mapping[str, Any], prefix: str, settings: WorkerSettings, badge: str
+) -> WorkerPlan:
+    """The edits that put a worker pod (or template) on Vault; empty when it already is (reinvocation)."""
+    edits: list[Edit] = []
+    overrides: list[Override] = []
+
+    effective, alias = effective_service_account(spec, prefix)
+    if effective in ("", c.DEFAULT_SERVICE_ACCOUNT):
+        edits.append(SetMember(("spec",), "serviceAccountName", badge))
+        if alias:
+            # Keep the deprecated alias consistent, so no reader of the old field sees "default".
+            edits.append(SetMember(("spec",), "serviceAccount", badge))
+
+    for list_name in POD_CONTAINER_LISTS:
+        list_path = f"{prefix}spec.{list_name}"
+        for ci, container in enumerate(_dicts(spec.get(list_name), list_path)):
+            where = f"{list_path}[{ci}]"
+            at: tuple[str, str, int] = ("spec", list_name, ci)
+            for plan_part in (_plan_env, _plan_mount):
+                plan_part(container, where=where, at=at, settings=settings, edits=edits, overrides=overrides)
+
+    volumes_value = spec.get("volumes")
+    replace: list[tuple[int, Any]] = []
+    found = False
+    for vi, volume in enumerate(_dicts(volumes_value, prefix, "spec.volumes")):
+        if volume.get("name") == c.VAULT_TOKEN_VOLUME:
+            found = True
+            if not _is_token_volume(volume, settings):
+                replace.append((vi, token_volume(settings)))
+                overrides.append(
+                    Override(f"{prefix}spec.volumes[{vi}]", "", f"volume {c.VAULT_TOKEN_VOLUME}")
+                )
+    if volumes_value is None:
+        edits.append(SetMember(("spec",), "volumes", [token_volume(settings)]))
+    elif replace or not found:
+        edits.append(
+            ListEdit(("spec", "volumes"), tuple(replace), () if found else (token_volume(settings),))
+        )
+
+    metadata = _metadata(root, prefix)
+    if metadata is None:
+        edits.append(
+            SetMember((), "metadata", {"annotations": {c.ANNOTATION_SECRETS_BACKEND: c.BACKEND_VAULT}})
+        )
+    else:
+        annotations = _mapping(metadata.get("annotations"), prefix, "metadata.annotations")
+        if annotations is None:
+            edits.append(
+                SetMember(("metadata",), "annotations", {c.ANNOTATION_SECRETS_BACKEND: c.BACKEND_VAULT})
+            )
+        elif annotations.get(c.ANNOTATION_SECRETS_BACKEND) != c.BACKEND_VAULT:
+            edits.append(
+                SetMember(("metadata", "annotations"), c.ANNOTATION_SECRETS_BACKEND, c.BACKEND_VAULT)
+            )
+    return WorkerPlan(tuple(edits), tuple(overrides))
+
+
+def _plan_env(
+    container: Mapping[str, Any],
+    *,
+    where: str,
+    at: tuple[str, str, int],
+    settings: WorkerSettings,
+    edits: list[Edit],
+    overrides: list[Override],
+) -> None:
+    env_value = container.get("env")
+    replace: list[tuple[int, Any]] = []
+    seen: set[str] = set()
+    for ei, entry in enumerate(_dicts(env_value, where, ".env")):
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise InvalidObject(f"{where}.env[{ei}].name", "a string")
+        configured = settings.vault_settings.get(name)
+        if configured is not None:
+            seen.add(name)
+            # valueFrom counts as setting it: a ConfigMap must not point the token at another server.
+            if entry.get("value") != configured or entry.get("valueFrom") is not None:
+                replace.append((ei, {"name": name, "value": configured}))
+                overrides.append(Override(f"{where}.env[{ei}]", _container_name(container), name))
+        elif name in settings.identity:
+            seen.add(name)  # a different value is tenant-mismatch (a denial), never silently rewritten
+    append = tuple({"name": name, "value": value} for name, value in settings.added if name not in seen)
+    if env_value is None:
+        if append:
+            edits.append(SetMember(at, "env", list(append)))
+    elif replace or append:
+        edits.append(ListEdit((*at, "env"), tuple(replace), append))
+
+
+def _plan_mount(
+    container: Mapping[str, Any],
+    *,
+    where: str,
+    at: tuple[str, str, int],
+    settings: WorkerSettings,
+    edits: list[Edit],
+    overrides: list[Override],
+) -> None:
+    mounts_value = container.get("volumeMounts")
+    replace: list[tuple[int, Any]] = []
+    present = False
+    for mi, mount in enumerate(_dicts(mounts_value, where, ".volumeMounts")):
+        path = _string(mount.get("mountPath"), where, ".volumeMounts[", mi, "].mountPath")
+        if path is None or not _same_dir(path, settings.mount_dir):
+            continue
+        present = True
+        # Compare only what the webhook sets (name, folder, read-only); anything else mounted on the
+        # token folder would let the pod hand the runtime a token of its choosing.
+        if mount.get("name") != c.VAULT_TOKEN_VOLUME or mount.get("readOnly") is not True:
+            replace.append((mi, token_mount(settings)))
+            overrides.append(
+                Override(
+                    f"{where}.volumeMounts[{mi}]",
+                    _container_name(container),
+                    f"mount at {settings.mount_dir}",
+                )
+            )
+    if mounts_value is None:
+        edits.append(SetMember(at, "volumeMounts", [token_mount(settings)]))
+    elif replace or not present:
+        edits.append(
+            ListEdit((*at, "volumeMounts"), tuple(replace), () if present else (token_mount(settings),))
+        )
+
+
+def _override_finding(override: Override, phase: Literal["mutate", "validate", "template"]) -> Finding:
+    outcome = {
+        "mutate": "replaced with the configured value",
+        "validate": "differs from the configured value",
+        "template": "will be replaced with the configured value",
+    }[phase]
+    subject = f"container {override.container}: {override.what}" if override.container else override.what
+    return Finding(
+        rule=c.RULE_VAULT_SETTINGS_OVERRIDE,
+        message=f"{subject} {outcome} ({override.where})",
+        warning=_warning(c.RULE_VAULT_SETTINGS_OVERRIDE, f"{subject} {outcome}"),
+        blocking=False,
+    )
+
+
+# --- Deny rules on the judged pod -------------------------------------------------------------------------
+
+
+def deny_rules(
+    root: Mapping[str, Any],
+    prefix: str,
+    component: Component,
+    config: Config,
+    settings: WorkerSettings | None,
+    *,
+    validating_pod: bool,
+) -> list[Finding]:
+    """The deny rules on one pod (or template): dev-secret-reference, worker-service-account,
+    tenant-mismatch, router-badge."""
+    spec = _spec(root, prefix)
+    findings: list[Finding] = []
+    refs = forbidden_references(spec, config.forbidden_secrets, prefix)
+    if refs:
+        findings.append(_dev_secret_finding(refs))
+    badge = config.service_account
+    if component == c.COMPONENT_WORKER:
+        effective, _ = effective_service_account(spec, prefix)
+        if effective != badge:
+            shown = _show(effective) if effective else "(none)"
+            hint = (
+                " (was the mutating webhook skipped?)"
+                if validating_pod and effective in ("", c.DEFAULT_SERVICE_ACCOUNT)
+                else ""
+            )
+            findings.append(
+                Finding(
+                    rule=c.RULE_WORKER_SERVICE_ACCOUNT,
+                    message=f"a worker must run as ServiceAccount {badge}, not {shown}{hint}",
+                    warning=_warning(
+                        c.RULE_WORKER_SERVICE_ACCOUNT, f"a worker must run as {badge}, not {shown}"
+                    ),
+                )
+            )
+        if settings is not None:
+            findings.extend(_tenant_mismatches(spec, prefix, settings))
+    elif component == c.COMPONENT_ROUTER:
+        effective, _ = effective_service_account(spec, prefix)
+        if effective == badge:
+            findings.append(
+                Finding(
+                    rule=c.RULE_ROUTER_BADGE,
+                    message=f"the router must not run as ServiceAccount {badge} (the worker's badge)",
+                    warning=_warning(c.RULE_ROUTER_BADGE, f"the router must not run as {badge}"),
+                )
+            )
+    return findings
+
+
+def _tenant_mismatches(spec: Mapping[str, Any], prefix: str, settings: WorkerSettings) -> list[Finding]:
+    findings: list[Finding] = []
+    for list_name in POD_CONTAINER_LISTS:
+        list_path = f"{prefix}spec.{list_name}"
+        for ci, container in enumerate(_dicts(spec.get(list_name), list_path)):
+            where = f"{list_path}[{ci}]"
+            for ei, entry in enumerate(_dicts(container.get("env"), where, ".env")):
+                name = entry.get("name")
+                expected = settings.identity.get(name) if isinstance(name, str) else None
+                if expected is None:
+                    continue
+                # valueFrom cannot be checked here: fail closed, as for a literal other value.
+                if entry.get("value") == expected and entry.get("valueFrom") is None:
+                    continue
+                subject = f"container {_container_name(container)}: {name}"
+                findings.append(
+                    Finding(
+                        rule=c.RULE_TENANT_MISMATCH,
+                        message=f"{subject} does not match the namespace binding ({where}.env[{ei}])",
+                        warning=_warning(c.RULE_TENANT_MISMATCH, f"{subject} does not match the namespace"),
+                    )
+                )
+    return findings
+
+
+# --- Findings that are not about the pod's content ---------------------------------------------------------
+
+
+def not_ready_finding() -> Finding:
+    return Finding(
+        rule=c.RULE_BINDINGS_NOT_READY,
+        message="namespace bindings are not loaded yet; retry in a few seconds",
+        warning=_warning(c.RULE_BINDINGS_NOT_READY, "namespace bindings not loaded yet; retry"),
+        code=503,
+    )
+
+
+def unknown_pack_finding(namespace: str, binding: NamespaceBinding, env: Environment | None) -> Finding:
+    if env is None:
+        env_name = _show(binding.env)
+        text = f"namespace {_show(namespace)} is bound to environment {env_name}, which is not configured"
+    else:
+        text = f"environment {_show(env.name)} uses unknown secrets pack {_show(env.secrets_pack)}"
+    return Finding(
+        rule=c.RULE_UNKNOWN_SECRETS_PACK,
+        message=f"{text}; worker pods are refused there",
+        warning=_warning(c.RULE_UNKNOWN_SECRETS_PACK, text),
+    )
+
+
+def invalid_object_finding(error: InvalidObject) -> Finding:
+    text = f"{error.path}: expected {error.expected}"
+    return Finding(
+        rule=c.RULE_INVALID_OBJECT, message=text, warning=_warning(c.RULE_INVALID_OBJECT, text), code=422
+    )
+
+
+# --- The decision ------------------------------------------------------------------------------------------
+
+Scope = Literal["pod", "ephemeral", "template"]
+
+
+def _scope(request: ReviewRequest) -> tuple[Scope, tuple[str, ...]] | None:
+    """Which part of the object the rules judge, or None when this request is none of our business."""
+    if request.group == "" and request.kind == "Pod":
+        if request.operation == "CREATE" and not request.sub_resource:
+            return "pod", ()
+        if request.operation == "UPDATE" and request.sub_resource == SUBRESOURCE_EPHEMERAL:
+            return "ephemeral", ()
+        return None
+    template = CONTROLLER_TEMPLATES.get((request.group, request.kind))
+    if template is not None and request.operation in ("CREATE", "UPDATE") and not request.sub_resource:
+        return "template", template
+    return None
+
+
+def _template(obj: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]:
+    node: Mapping[str, Any] = obj
+    for depth, key in enumerate(path):
+        child = _mapping(node.get(key), ".".join(path[: depth + 1]))
+        if child is None:
+            raise InvalidObject(".".join(path[: depth + 1]), "an object")
+        node = child
+    return node
+
+
+def _namespace(request: ReviewRequest, obj: Mapping[str, Any]) -> str:
+    if request.namespace:
+        return request.namespace
+    metadata = obj.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    return namespace if isinstance(namespace, str) else ""
+
+
+def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: BindingSource) -> Verdict:
+    """Decide one review. ``mutating`` is True for ``/mutate``: only then is a Pod patched, and judged as it
+    will be after the patch; ``/validate`` judges a Pod as sent. Controllers are judged the same on both."""
+    obj = request.object
+    if request.operation in ("DELETE", "CONNECT") or obj is None:
+        return Verdict()
+    scope = _scope(request)
+    if scope is None:
+        return Verdict()
+    # Never block finalizers and controllers cleaning up an object that is going away.
+    if request.operation == "UPDATE" and being_deleted(obj):
+        return Verdict()
+    namespace = _namespace(request, obj)
+    found = bindings.lookup(namespace) if namespace else None
+    if found is None:
+        return Verdict()  # bound to nothing: untouched
+    binding = found if isinstance(found, NamespaceBinding) else None
+    env = config.environments.get(binding.env) if binding is not None else None
+    enforcement = env.enforcement if env is not None else None
+    kind, path = scope
+    component: Component | None = None
+    try:
+        root = _template(obj, path)
+        prefix = "".join(f"{key}." for key in path)
+        metadata = _metadata(root, prefix)
+        labels = _mapping(metadata.get("labels"), prefix, "metadata.labels") if metadata is not None else None
+        component = classify(labels or {}, config.selectors)
+        if binding is None:
+            # The cluster cache has not synced: a worker cannot be judged (retriable), the others pass.
+            findings = (not_ready_finding(),) if component == c.COMPONENT_WORKER else ()
+            return Verdict(findings, component=component)
+        if env is None or not env.pack_is_known:
+            if component == c.COMPONENT_WORKER:
+                return Verdict(
+                    (unknown_pack_finding(namespace, binding, env),), (), component, binding, enforcement
+                )
+            return Verdict(component=component, binding=binding, enforcement=enforcement)
+        if not env.uses_vault:
+            return Verdict(component=component, binding=binding, enforcement=enforcement)
+
+        if kind == "ephemeral":
+            refs = forbidden_references(_spec(root, prefix), config.forbidden_secrets, prefix)
+            findings = (_dev_secret_finding(refs),) if refs else ()
+            return Verdict(findings, (), component, binding, enforcement)
+
+        settings: WorkerSettings | None = None
+        plan = WorkerPlan((), ())
+        if component == c.COMPONENT_WORKER:
+            settings = worker_settings(env, binding, config.vault_token)
+            plan = plan_worker(root, _spec(root, prefix), prefix, settings, config.service_account)
+        validating_pod = kind == "pod" and not mutating
+        if validating_pod:
+            judged: Mapping[str, Any] = root
+            phase: Literal["mutate", "validate", "template"] = "validate"
+        else:
+            judged = apply_edits(root, plan.edits) if plan.edits else root
+            phase = "mutate" if kind == "pod" else "template"
+        findings_list = [_override_finding(override, phase) for override in plan.overrides]
+        findings_list += deny_rules(
+            judged, prefix, component, config, settings, validating_pod=validating_pod
+        )
+        edits = plan.edits if kind == "pod" and mutating else ()
+        return Verdict(tuple(findings_list), edits, component, binding, enforcement)
+    except InvalidObject as error:
+        return Verdict((invalid_object_finding(error),), (), component, binding, enforcement)
