@@ -14,6 +14,7 @@ from gtc_admission.admission import (
     MAX_JSON_DEPTH,
     BadRequest,
     Outcome,
+    TooDeep,
     decode_body,
     handle_review,
     internal_error_outcome,
@@ -62,8 +63,9 @@ def test_decode_body_returns_the_object() -> None:
 def test_depth_limit_is_exact() -> None:
     """MAX_JSON_DEPTH levels pass, one more is a BadRequest."""
     assert decode_body(nested(MAX_JSON_DEPTH)) is not None
-    with pytest.raises(BadRequest, match="nested deeper than 64"):
+    with pytest.raises(TooDeep, match="nested deeper than 64") as caught:
         decode_body(nested(MAX_JSON_DEPTH + 1))
+    assert isinstance(caught.value, BadRequest) and caught.value.status == 400
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ from gtc_admission.review import (
     AdmissionReviewResponse,
     BadRequest,
     ReviewRequest,
+    TooDeep,
     parse_review,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "Decision",
     "Endpoint",
     "Outcome",
+    "TooDeep",
     "decode_body",
     "handle_review",
     "internal_error_outcome",
@@ -122,7 +124,7 @@ def decode_body(raw: bytes) -> object:
         raise BadRequest("body: not UTF-8") from None
     nesting = _nesting(raw, MAX_JSON_DEPTH)
     if nesting == "too deep":
-        raise BadRequest(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        raise TooDeep(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if nesting == "unbalanced":
         raise BadRequest("body: not valid JSON (brackets do not balance)")
     try:

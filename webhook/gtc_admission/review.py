@@ -32,6 +32,11 @@ class BadRequest(Exception):
         self.status = status
 
 
+class TooDeep(BadRequest):
+    """The body nests deeper than the webhook accepts (a BadRequest; its own class so callers need not
+    read the message to tell it from other decoding errors)."""
+
+
 # --- Wire format: the request ------------------------------------------------------------------------
 
 
