@@ -56,7 +56,16 @@ def escape_token(token: PathToken) -> str:
 
 def pointer(path: Path) -> str:
     """JSON pointer: ``("metadata", "annotations", "a/b")`` is ``/metadata/annotations/a~1b``."""
-    return "".join("/" + escape_token(token) for token in path)
+    # Inlined escape_token: this runs for every operation of every patch.
+    parts: list[str] = []
+    for token in path:
+        if isinstance(token, int):
+            parts.append(str(token))
+        elif "~" in token or "/" in token:
+            parts.append(token.replace("~", "~0").replace("/", "~1"))
+        else:
+            parts.append(token)
+    return "/" + "/".join(parts) if parts else ""
 
 
 def to_json_patch(edits: Iterable[Edit]) -> list[dict[str, Any]]:
@@ -79,10 +88,13 @@ def to_json_patch(edits: Iterable[Edit]) -> list[dict[str, Any]]:
     return document
 
 
+# One encoder for every patch: json.dumps with non-default options builds a new encoder per call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_patch(document: list[dict[str, Any]]) -> str:
     """The base64 of a JSON Patch document (``to_json_patch``), for ``response.patch``."""
-    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+    return base64.b64encode(_COMPACT_JSON.encode(document).encode("ascii")).decode("ascii")
 
 
 def _copy(value: Any) -> Any:

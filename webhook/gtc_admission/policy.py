@@ -120,6 +120,13 @@ def _mapping(value: object, *path: object) -> Mapping[str, Any] | None:
     return value
 
 
+def _object(value: object, *path: object) -> Mapping[str, Any]:
+    """An object that must be there (the caller has seen it is not None)."""
+    if not isinstance(value, dict):
+        raise InvalidObject(_where(path), "an object")
+    return value
+
+
 def _dicts(value: object, *path: object) -> list[Mapping[str, Any]]:
     """A list of objects; missing or null is an empty list."""
     if value is None:
@@ -190,32 +197,46 @@ def forbidden_references(
         if name is not None and name in forbidden:
             found.append((_where(path), name))
 
+    # The "is not None" guards keep the common case (no valueFrom, no secret volume) free of calls.
     for list_name in ALL_CONTAINER_LISTS:
-        for ci, container in enumerate(_dicts(spec.get(list_name), prefix, "spec.", list_name)):
+        listed = spec.get(list_name)
+        if listed is None:
+            continue
+        for ci, container in enumerate(_dicts(listed, prefix, "spec.", list_name)):
             at = (prefix, "spec.", list_name, "[", ci, "]")
-            for ei, entry in enumerate(_dicts(container.get("env"), *at, ".env")):
-                value_from = _mapping(entry.get("valueFrom"), *at, ".env[", ei, "].valueFrom")
-                if value_from is not None:
-                    ref = _mapping(
-                        value_from.get("secretKeyRef"), *at, ".env[", ei, "].valueFrom.secretKeyRef"
-                    )
+            env = container.get("env")
+            if env is not None:
+                for ei, entry in enumerate(_dicts(env, *at, ".env")):
+                    value_from = entry.get("valueFrom")
+                    if value_from is None:
+                        continue
+                    where = (*at, ".env[", ei, "].valueFrom")
+                    ref = _mapping(_object(value_from, *where).get("secretKeyRef"), *where, ".secretKeyRef")
                     if ref is not None:
-                        check(ref.get("name"), *at, ".env[", ei, "].valueFrom.secretKeyRef.name")
-            for fi, source in enumerate(_dicts(container.get("envFrom"), *at, ".envFrom")):
-                ref = _mapping(source.get("secretRef"), *at, ".envFrom[", fi, "].secretRef")
-                if ref is not None:
-                    check(ref.get("name"), *at, ".envFrom[", fi, "].secretRef.name")
-    for vi, volume in enumerate(_dicts(spec.get("volumes"), prefix, "spec.volumes")):
-        vat = (prefix, "spec.volumes[", vi, "]")
-        secret = _mapping(volume.get("secret"), *vat, ".secret")
-        if secret is not None:
-            check(secret.get("secretName"), *vat, ".secret.secretName")
-        projected = _mapping(volume.get("projected"), *vat, ".projected")
-        if projected is not None:
-            for si, source in enumerate(_dicts(projected.get("sources"), *vat, ".projected.sources")):
-                ref = _mapping(source.get("secret"), *vat, ".projected.sources[", si, "].secret")
-                if ref is not None:
-                    check(ref.get("name"), *vat, ".projected.sources[", si, "].secret.name")
+                        check(ref.get("name"), *where, ".secretKeyRef.name")
+            env_from = container.get("envFrom")
+            if env_from is not None:
+                for fi, source in enumerate(_dicts(env_from, *at, ".envFrom")):
+                    secret_ref = source.get("secretRef")
+                    if secret_ref is not None:
+                        ref = _object(secret_ref, *at, ".envFrom[", fi, "].secretRef")
+                        check(ref.get("name"), *at, ".envFrom[", fi, "].secretRef.name")
+    volumes = spec.get("volumes")
+    if volumes is not None:
+        for vi, volume in enumerate(_dicts(volumes, prefix, "spec.volumes")):
+            secret = volume.get("secret")
+            projected = volume.get("projected")
+            if secret is None and projected is None:
+                continue
+            vat = (prefix, "spec.volumes[", vi, "]")
+            if secret is not None:
+                check(_object(secret, *vat, ".secret").get("secretName"), *vat, ".secret.secretName")
+            if projected is not None:
+                sources = _object(projected, *vat, ".projected").get("sources")
+                for si, source in enumerate(_dicts(sources, *vat, ".projected.sources")):
+                    ref = _mapping(source.get("secret"), *vat, ".projected.sources[", si, "].secret")
+                    if ref is not None:
+                        check(ref.get("name"), *vat, ".projected.sources[", si, "].secret.name")
     return found
 
 
