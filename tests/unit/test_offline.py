@@ -11,8 +11,19 @@ import pytest
 import yaml
 
 from gtc_admission import constants as c
-from gtc_admission.offline import OFFLINE_USER, ReviewInputError, parse_input, render, review_text
-from tests.unit.conftest import BADGE, CANARY, CONFIG, DEV_SECRET, container, controller, pod, review
+from gtc_admission.admission import handle_review
+from gtc_admission.offline import OFFLINE_USER, ReviewInputError, _combine, parse_input, render, review_text
+from tests.unit.conftest import (
+    BADGE,
+    BINDINGS,
+    CANARY,
+    CONFIG,
+    DEV_SECRET,
+    container,
+    controller,
+    pod,
+    review,
+)
 
 
 def _patch(result_review: dict[str, Any]) -> list[dict[str, Any]]:
@@ -178,3 +189,16 @@ def test_review_with_namespace_fills_a_missing_request_namespace() -> None:
     del body["request"]["namespace"]
     result = review_text(json.dumps(body), config=CONFIG, namespace="acme-prod")
     assert _patch(result.review)
+
+
+def test_a_refusal_by_validate_drops_the_patch() -> None:
+    """When /validate refuses what /mutate patched, the result is the refusal alone, without a patch."""
+    mutated = handle_review(review(pod()), endpoint="mutate", config=CONFIG, bindings=BINDINGS)
+    refused = handle_review(review(pod()), endpoint="validate", config=CONFIG, bindings=BINDINGS)
+    assert "patch" in mutated.review["response"] and refused.decision == "denied"
+    result = _combine(mutated, refused)
+    assert result.allowed is False
+    assert "patch" not in result.review["response"] and "patchType" not in result.review["response"]
+    assert result.review["response"]["status"] == refused.review["response"]["status"]
+    assert result.audit["patched"] == [] and result.audit["decision"] == "denied"
+    assert result.review["response"]["auditAnnotations"]["rules"] == c.RULE_WORKER_SERVICE_ACCOUNT

@@ -166,8 +166,13 @@ def _combine(mutated: Outcome, validated: Outcome | None) -> OfflineResult:
     decision: Decision = "denied" if not allowed else ("warned" if warnings else "allowed")
     response = {key: value for key, value in first.items() if key not in ("status", "warnings")}
     response["allowed"] = allowed
+    patched = mutated.audit["patched"]
     if not allowed:
+        # A refused object is not patched: show the refusal only, as the API server would apply it.
+        response.pop("patch", None)
+        response.pop("patchType", None)
         response["status"] = second.get("status", first.get("status"))
+        patched = []
     if warnings:
         response["warnings"] = warnings
     response["auditAnnotations"] = {"decision": decision, "rules": ",".join(rules) if rules else "none"}
@@ -177,6 +182,7 @@ def _combine(mutated: Outcome, validated: Outcome | None) -> OfflineResult:
         "decision": decision,
         "rules": rules,
         "messages": list(dict.fromkeys([*mutated.audit["messages"], *validated.audit["messages"]])),
+        "patched": patched,
     }
     review = {**mutated.review, "response": response}
     return OfflineResult(review=review, allowed=allowed, audit=audit)
