@@ -341,6 +341,28 @@ def test_foreign_token_volume_and_mount_are_replaced() -> None:
     assert "patch" not in response(run(after))
 
 
+def test_mutate_judges_the_pod_after_its_patch() -> None:
+    """A forbidden reference that the patch itself replaces is gone on /mutate, still there on /validate."""
+    obj = pod(
+        containers=[
+            container(
+                env=[
+                    {
+                        "name": c.ENV_VAULT_ADDR,
+                        "valueFrom": {"secretKeyRef": {"name": DEV_SECRET, "key": "a"}},
+                    }
+                ]
+            )
+        ],
+        volumes=[{"name": c.VAULT_TOKEN_VOLUME, "secret": {"secretName": DEV_SECRET}}],
+    )
+    mutated = run(obj)
+    assert mutated.decision == "warned" and mutated.rules == (c.RULE_VAULT_SETTINGS_OVERRIDE,)
+    assert run(patched(obj, mutated), "validate").decision == "allowed"
+    as_sent = run(obj, "validate")
+    assert c.RULE_DEV_SECRET_REFERENCE in as_sent.rules and as_sent.decision == "denied"
+
+
 # --- tenant-mismatch --------------------------------------------------------------------------------------
 
 
