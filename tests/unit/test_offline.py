@@ -12,7 +12,7 @@ import yaml
 
 from gtc_admission import constants as c
 from gtc_admission.admission import handle_review
-from gtc_admission.offline import OFFLINE_USER, ReviewInputError, _combine, parse_input, render, review_text
+from gtc_admission.offline import OFFLINE_USER, ReviewInputError, _combine, parse_input, review_text
 from tests.unit.conftest import (
     BADGE,
     BINDINGS,
@@ -81,7 +81,7 @@ def test_bare_pod_yaml_with_namespace() -> None:
     assert answer["auditAnnotations"] == {"decision": "warned", "rules": c.RULE_VAULT_SETTINGS_OVERRIDE}
     assert result.audit["user"] == OFFLINE_USER and result.audit["operation"] == "CREATE"
     assert result.audit["name"] == "worker-1" and result.audit["namespace"] == "acme-prod"
-    assert CANARY not in render(result) and CANARY not in json.dumps(result.audit)
+    assert CANARY not in json.dumps(result.review) and CANARY not in json.dumps(result.audit)
 
 
 def test_bare_pod_namespace_from_metadata() -> None:
@@ -111,7 +111,7 @@ def test_validation_sees_a_setting_changed_after_mutation() -> None:
     """Both webhooks run: the result merges their rules (here only /mutate fires) and stays serialisable."""
     result = review_text(json.dumps(review(pod(), namespace="acme-stage")), config=CONFIG, namespace=None)
     assert result.allowed is True
-    json.loads(render(result))
+    json.loads(json.dumps(result.review))
 
 
 def test_warn_enforcement_offline() -> None:

@@ -11,7 +11,6 @@ the warnings of both.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Final
@@ -208,8 +207,3 @@ def review_text(text: str, *, config: Config, namespace: str | None) -> OfflineR
         body = {**body, "request": {**request, "object": apply_edits(obj, edits)}}
     validated = handle_review(body, endpoint="validate", config=config, bindings=bindings)
     return _combine(mutated, validated)
-
-
-def render(result: OfflineResult) -> str:
-    """The review as the CLI prints it."""
-    return json.dumps(result.review, indent=2, sort_keys=True)
