@@ -2,7 +2,7 @@
 
 Pure: no I/O, no clock, no logging. The server decodes the body with ``decode_body``, calls
 ``handle_review`` and maps ``BadRequest`` to HTTP 4xx; anything else it catches becomes
-``internal_error_outcome`` (fail closed). The offline review (``offline.py``) uses ``review_with_ops``.
+``internal_error_outcome`` (fail closed). The offline review (``offline.py``) uses ``review_with_edits``.
 
 How enforcement shapes the answer (the environment's ``enforcement``):
 - ``deny``: blocking findings deny (status code 403, 503 for a retriable ``bindings-not-ready``), no patch.
