@@ -113,8 +113,8 @@ def pod(
 
 
 def controller(kind: str, template: Mapping[str, Any]) -> dict[str, Any]:
-    """A workload controller around a pod (its metadata and spec become the template)."""
-    inner = {"metadata": copy.deepcopy(template["metadata"]), "spec": copy.deepcopy(template["spec"])}
+    """A workload controller around a pod (its metadata and spec, those it has, become the template)."""
+    inner = {key: copy.deepcopy(template[key]) for key in ("metadata", "spec") if key in template}
     group = "batch" if kind in ("Job", "CronJob") else "apps"
     if kind == "CronJob":
         spec: dict[str, Any] = {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": inner}}}
