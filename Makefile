@@ -17,9 +17,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP) ## serve the webhook on https://127.0.0.1:8443 with a self-signed certificate and the example config
 	$(BIN)/gtc-admission serve --config $(CONFIG) --host 127.0.0.1 --port 8443
 
+# The whole flow on this machine, no cluster: OpenBao from pip, bootstrap, put, the webhook's review and
+# patch, the worker runtime resolving the secret, the audit trail. It stops everything it starts.
+.PHONY: demo
+demo: $(STAMP) ## the whole mechanism locally in about a minute, each step printed (see README "Demo")
+	$(BIN)/python -m demo.run_demo
+
 lint: $(STAMP)
-	$(BIN)/ruff check webhook runtime tests e2e
-	$(BIN)/ruff format --check webhook runtime tests e2e
+	$(BIN)/ruff check webhook runtime tests e2e demo
+	$(BIN)/ruff format --check webhook runtime tests e2e demo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
