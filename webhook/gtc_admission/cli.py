@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -26,7 +27,15 @@ from gtc_admission import __version__
 from gtc_admission.config import Config, ConfigError, load_config
 from gtc_admission.namespace_cache import cluster_credentials_from_env
 from gtc_admission.offline import ReviewInputError, review_text
-from gtc_admission.server import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, StartupError, serve
+from gtc_admission.server import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    MAX_WORKERS,
+    ServerSettings,
+    StartupError,
+    run_workers,
+    serve,
+)
 from gtc_admission.tls import DEFAULT_RELOAD_INTERVAL_SECONDS, generate_certificates, write_certificates
 
 log = logging.getLogger("gtc_admission")
@@ -38,6 +47,8 @@ EXIT_INTERNAL_ERROR: Final = 3
 
 STDIN: Final = "-"
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# With --workers N, several processes log to the same stderr: each line names its process.
+WORKER_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 # DNS names for certificate SANs: letters, digits, hyphens, dots; an optional leading wildcard label.
 _DNS_NAME: Final = re.compile(
     r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$", re.IGNORECASE
@@ -62,6 +73,16 @@ def _positive_seconds(value: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError("must be more than 0 seconds")
     return seconds
+
+
+def _workers(value: str) -> int:
+    try:
+        workers = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of processes: {value!r}") from None
+    if not 1 <= workers <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"workers out of range 1-{MAX_WORKERS}: {workers}")
+    return workers
 
 
 def _dns_name(value: str) -> str:
@@ -107,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often the certificate files are checked for changes "
         f"(default {DEFAULT_RELOAD_INTERVAL_SECONDS:g})",
+    )
+    serve_cmd.add_argument(
+        "--workers",
+        default=1,
+        type=_workers,
+        metavar="N",
+        help="server processes sharing the port with SO_REUSEPORT, e.g. the pod's CPU limit "
+        f"(default 1, at most {MAX_WORKERS})",
     )
 
     review_cmd = commands.add_parser(
@@ -159,12 +188,30 @@ def _serve(args: argparse.Namespace) -> int:
         # Decided once, here: in a pod the ServiceAccount, else KUBECONFIG, else static bindings only.
         cluster=cluster_credentials_from_env(os.environ),
     )
+    if args.workers > 1:
+        try:
+            return run_workers(
+                settings, config, args.workers, functools.partial(_worker_main, log_level=args.log_level)
+            )
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_BAD_INPUT
+    return _run_server(settings, config)
+
+
+def _run_server(settings: ServerSettings, config: Config) -> int:
     try:
         asyncio.run(serve(settings, config))
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def _worker_main(settings: ServerSettings, config: Config, *, log_level: str) -> int:
+    """The main of one ``serve --workers N`` process (a fresh interpreter: logging is configured here)."""
+    _configure_logging(log_level, WORKER_LOG_FORMAT)
+    return _run_server(settings, config)
 
 
 def _read_input(source: str) -> str:
@@ -217,9 +264,9 @@ def _certs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = LOG_FORMAT) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(logging.Formatter(log_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -231,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed what to say
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
-    _configure_logging(args.log_level)
+    several_processes = args.command == "serve" and args.workers > 1
+    _configure_logging(args.log_level, WORKER_LOG_FORMAT if several_processes else LOG_FORMAT)
     if args.command == "serve":
         return _serve(args)
     if args.command == "review":

@@ -6,6 +6,11 @@ body ``{"error": ...}``; anything the core raises unexpectedly becomes a well-fo
 with an error id in the log, never a 500. Every decision is written to the audit stream and counted.
 
 Endpoints: ``POST /mutate``, ``POST /validate``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+
+``run_workers`` is ``serve --workers N``: N processes, each a full server (own certificate reloader, metrics,
+audit writer, namespace cache), sharing the port with SO_REUSEPORT, so that one replica uses every core it is
+given; the parent only supervises them. Their metrics are merged on every scrape (prometheus_client's
+multiprocess mode), because Prometheus reaches one process per connection.
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import socket
 import ssl
 import sys
 import tempfile
@@ -21,12 +30,13 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Protocol, TextIO
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gtc_admission import constants as c
 from gtc_admission.admission import (
@@ -62,6 +72,15 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8443
 ENDPOINT_MUTATE: Final = "mutate"
 ENDPOINT_VALIDATE: Final = "validate"
+# Every response names the process that answered: with --workers N, which worker took the connection.
+PID_HEADER: Final = "X-Gtc-Admission-Pid"
+# prometheus_client reads this when it is imported, to keep metric values in files shared by processes.
+ENV_PROMETHEUS_MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
+MAX_WORKERS: Final = 64  # more processes than that in one replica is a typo, not a deployment
+# How often a worker checks that its supervisor is still there (it stops when it is gone: no orphans).
+SUPERVISOR_POLL_SECONDS: Final = 1.0
+# A worker that has not stopped this long after its shutdown timeout is killed.
+WORKER_KILL_GRACE_SECONDS: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,10 @@ class ServerSettings:
     # In-flight reviews get this long to finish after SIGTERM before connections are closed.
     shutdown_timeout_seconds: float = 10.0
     namespace_cache_stop_seconds: float = 5.0
+    # Set by run_workers for each worker process, never from the command line:
+    reuse_port: bool = False  # SO_REUSEPORT, so that the workers share the port
+    metrics_dir: Path | None = None  # prometheus_client multiprocess folder: /metrics merges every worker
+    supervisor_pid: int | None = None  # stop when this process is gone
 
 
 class ReviewHandler(Protocol):
@@ -103,6 +126,7 @@ class _State:
     review: ReviewHandler
     internal_error: InternalErrorHandler
     max_body_bytes: int
+    exposition: Callable[[], bytes]  # the /metrics body
 
 
 STATE: Final = web.AppKey("state", _State)
@@ -218,8 +242,19 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[STATE].metrics.exposition()
+    body = request.app[STATE].exposition()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def _name_the_process(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[PID_HEADER] = str(os.getpid())
+
+
+def _merged_exposition(metrics_dir: Path) -> Callable[[], bytes]:
+    """/metrics of every worker summed, read from the multiprocess folder on each scrape."""
+    registry = CollectorRegistry(auto_describe=True)
+    MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]  # untyped upstream
+    return lambda: generate_latest(registry)
 
 
 @web.middleware
@@ -252,15 +287,20 @@ def make_app(
 ) -> web.Application:
     """The aiohttp application; background work (certificate reloader, namespace cache) in cleanup_ctx."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_json_errors])
+    metrics = Metrics(registry)
     app[STATE] = _State(
         config=config,
         bindings=bindings,
         audit=AuditWriter(audit_stream if audit_stream is not None else sys.stdout),
-        metrics=Metrics(registry),
+        metrics=metrics,
         review=review_handler,
         internal_error=internal_error_handler,
         max_body_bytes=settings.max_body_bytes,
+        exposition=(
+            metrics.exposition if settings.metrics_dir is None else _merged_exposition(settings.metrics_dir)
+        ),
     )
+    app.on_response_prepare.append(_name_the_process)
     app.router.add_post("/" + ENDPOINT_MUTATE, _mutate)
     app.router.add_post("/" + ENDPOINT_VALIDATE, _validate)
     app.router.add_get("/healthz", _healthz)
@@ -332,8 +372,17 @@ async def serve(
     stop: asyncio.Event | None = None,
     install_signal_handlers: bool = True,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop``): stop accepting, let in-flight reviews finish, clean up."""
+    """Serve until SIGTERM/SIGINT (or ``stop``): stop accepting, let in-flight reviews finish, clean up.
+
+    A worker of ``run_workers`` (``settings.supervisor_pid`` set) stops on SIGTERM only (its supervisor turns
+    SIGINT into SIGTERM for every worker) and when its supervisor is gone.
+    """
     stop = stop or asyncio.Event()
+    if settings.metrics_dir is not None and os.environ.get(ENV_PROMETHEUS_MULTIPROC_DIR) != str(
+        settings.metrics_dir
+    ):
+        # Without it prometheus_client keeps values in this process only, and /metrics would merge nothing.
+        raise StartupError(f"{ENV_PROMETHEUS_MULTIPROC_DIR} must be {settings.metrics_dir} in a worker")
     with _certificate_files(settings) as (cert, key):
         try:
             reloader = CertReloader(cert, key)
@@ -346,9 +395,18 @@ async def serve(
         )
         await runner.setup()
         loop = asyncio.get_running_loop()
-        signals = (signal.SIGTERM, signal.SIGINT) if install_signal_handlers else ()
+        signals: tuple[signal.Signals, ...] = ()
+        if install_signal_handlers:
+            signals = (signal.SIGTERM,) if settings.supervisor_pid else (signal.SIGTERM, signal.SIGINT)
+        watcher: asyncio.Task[None] | None = None
         try:
-            site = web.TCPSite(runner, settings.host, settings.port, ssl_context=reloader.context)
+            site = web.TCPSite(
+                runner,
+                settings.host,
+                settings.port,
+                ssl_context=reloader.context,
+                reuse_port=settings.reuse_port,
+            )
             try:
                 await site.start()
             except OSError as exc:
@@ -357,11 +415,193 @@ async def serve(
                 ) from None
             for sig in signals:
                 loop.add_signal_handler(sig, stop.set)
+            if settings.supervisor_pid is not None:
+                watcher = asyncio.create_task(_watch_supervisor(settings.supervisor_pid, stop))
             log.info("listening on https://%s:%d", settings.host, settings.port)
             await stop.wait()
             log.info("shutting down: no new connections, finishing reviews in flight")
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await runner.cleanup()
         log.info("stopped")
+
+
+async def _watch_supervisor(supervisor_pid: int, stop: asyncio.Event) -> None:
+    """Stop when the supervisor is gone (killed with SIGKILL, it could not forward a signal): no orphans.
+
+    A process whose parent died is re-parented, so its parent pid changes; polled because no signal says so
+    portably (PR_SET_PDEATHSIG is Linux only).
+    """
+    while os.getppid() == supervisor_pid:
+        await asyncio.sleep(SUPERVISOR_POLL_SECONDS)
+    log.error("the supervising process %d is gone: stopping this worker", supervisor_pid)
+    stop.set()
+
+
+# --- serve --workers N ------------------------------------------------------------------------------------
+
+# A worker's main: settings and config in, exit code out (the CLI's, so a worker that cannot start exits 2).
+WorkerMain = Callable[[ServerSettings, Config], int]
+
+
+def check_address_free(host: str, port: int) -> None:
+    """StartupError if ``host:port`` is in use, also by a server that shares it with SO_REUSEPORT.
+
+    The workers bind with SO_REUSEPORT, which would let them join another server's port without an error
+    (the kernel would then split connections between the two); a bind without it fails if anyone listens.
+    """
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    for family, kind, proto, _name, address in dict.fromkeys(addresses):
+        with socket.socket(family, kind, proto) as probe:
+            # As asyncio does for the real listener: a port in TIME_WAIT is not in use.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _worker_process(main: WorkerMain, settings: ServerSettings, config: Config) -> None:
+    """Entry point of a spawned worker: SIGINT is the supervisor's to handle (it sends SIGTERM)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(main(settings, config))
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment while the workers are spawned (they inherit it)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
+
+
+def _failure_code(exitcode: int) -> int:
+    """The supervisor's exit code for a worker that failed: its own, or 1 if a signal killed it."""
+    return exitcode if exitcode > 0 else 1
+
+
+def run_workers(settings: ServerSettings, config: Config, workers: int, main: WorkerMain) -> int:
+    """``serve --workers N``: run ``main`` in ``workers`` spawned processes sharing the port; the exit code.
+
+    Checked here, once, so that a mistake is reported like with one process: the address (in use, even by a
+    SO_REUSEPORT server) and the certificate pair; without one, a single self-signed pair is generated for
+    every worker (each generating its own would serve several CAs behind one port). SIGTERM/SIGINT are
+    forwarded to every worker as SIGTERM; 0 when they all stopped cleanly. A worker that exits on its own
+    (crash, kill, cannot start) stops the others: its exit code is returned (1 if a signal killed it).
+    """
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"workers must be 1 to {MAX_WORKERS}, not {workers}")
+    check_address_free(settings.host, settings.port)
+    with (
+        _certificate_files(settings) as (cert, key),
+        tempfile.TemporaryDirectory(prefix="gtc-admission-metrics-") as metrics_dir,
+    ):
+        try:
+            CertReloader(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"cannot load the TLS certificate {cert} / key {key}: {exc}") from None
+        worker_settings = replace(
+            settings,
+            tls_cert=cert,
+            tls_key=key,
+            reuse_port=True,
+            metrics_dir=Path(metrics_dir),
+            supervisor_pid=os.getpid(),
+        )
+        return _supervise(worker_settings, config, workers, main)
+
+
+def _supervise(settings: ServerSettings, config: Config, workers: int, main: WorkerMain) -> int:
+    # spawn, not fork: a fresh interpreter per worker inherits no lock, thread or event loop state, and
+    # imports prometheus_client with the multiprocess folder already in its environment.
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=_worker_process, args=(main, settings, config), name=f"gtc-admission-worker-{index}"
+        )
+        for index in range(workers)
+    ]
+    stopping = False
+
+    def stop_workers() -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.pid is not None and process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not stopping:
+            log.info("%s: stopping %d worker(s)", signal.Signals(signum).name, workers)
+        stop_workers()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with _environment(ENV_PROMETHEUS_MULTIPROC_DIR, str(settings.metrics_dir)):
+            for process in processes:
+                if not stopping:
+                    process.start()
+        running = [process for process in processes if process.pid is not None]
+        log.info(
+            "serving https://%s:%d with %d worker processes (pids %s)",
+            settings.host,
+            settings.port,
+            len(running),
+            ", ".join(str(process.pid) for process in running),
+        )
+        code = 0
+        kill_at: float | None = None
+        while running:
+            # Bounded, so that a stop requested by a signal is acted on even while nobody exits.
+            multiprocessing.connection.wait([process.sentinel for process in running], timeout=0.5)
+            for process in [p for p in running if p.exitcode is not None]:
+                process.join()
+                running.remove(process)
+                exitcode = process.exitcode
+                assert exitcode is not None  # joined
+                if not stopping:
+                    log.error(
+                        "worker %s (pid %d) exited on its own with %d: stopping the others",
+                        process.name,
+                        process.pid,
+                        exitcode,
+                    )
+                    code = _failure_code(exitcode)
+                    stop_workers()
+                elif exitcode not in (0, -signal.SIGTERM) and code == 0:
+                    log.error("worker %s (pid %d) stopped with %d", process.name, process.pid, exitcode)
+                    code = _failure_code(exitcode)
+            if stopping and kill_at is None:
+                kill_at = time.monotonic() + settings.shutdown_timeout_seconds + WORKER_KILL_GRACE_SECONDS
+            if kill_at is not None and time.monotonic() > kill_at:
+                for process in running:
+                    log.error("worker %s (pid %d) did not stop in time: killed", process.name, process.pid)
+                    process.kill()
+                kill_at = float("inf")
+                code = code or 1
+        log.info("all workers stopped")
+        return code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for process in processes:
+            if process.pid is not None and process.exitcode is None:  # only after an exception here
+                process.kill()
+                process.join()
