@@ -247,7 +247,8 @@ OVERRIDABLE = [
 @pytest.mark.parametrize("list_name", ["containers", "initContainers"])
 def test_vault_settings_override(name: str, configured: str, entry: dict[str, Any], list_name: str) -> None:
     """The configured value replaces the pod's; a warning names container and variable, never the value."""
-    obj = pod(**{list_name: [container("app-1", env=[{"name": name, **entry}])]})
+    spec: dict[str, Any] = {list_name: [container("app-1", env=[{"name": name, **entry}])]}
+    obj = pod(**spec)
     if list_name == "initContainers":
         obj["spec"]["containers"] = [container()]
     outcome = run(obj)
@@ -381,7 +382,8 @@ def test_mutate_judges_the_pod_after_its_patch() -> None:
 @pytest.mark.parametrize("endpoint", ["mutate", "validate"])
 def test_tenant_mismatch(name: str, entry: dict[str, Any], list_name: str, endpoint: Endpoint) -> None:
     """An identity variable different from the namespace binding is denied on both endpoints, value unsaid."""
-    obj = pod(serviceAccountName=BADGE, **{list_name: [container("app", env=[{"name": name, **entry}])]})
+    spec: dict[str, Any] = {list_name: [container("app", env=[{"name": name, **entry}])]}
+    obj = pod(serviceAccountName=BADGE, **spec)
     if list_name == "initContainers":
         obj["spec"]["containers"] = [container("main")]
     outcome = run(obj, endpoint)

@@ -45,7 +45,7 @@ ENV_VALUES = [
     "secret",
 ]
 
-value_source = st.one_of(
+value_source: st.SearchStrategy[dict[str, Any]] = st.one_of(
     st.fixed_dictionaries({"value": st.sampled_from(ENV_VALUES)}),
     st.just({"valueFrom": {"configMapKeyRef": {"name": "cm", "key": CANARY}}}),
     st.just({"valueFrom": {"secretKeyRef": {"name": DEV_SECRET, "key": "k"}}}),
@@ -60,7 +60,9 @@ mount = st.one_of(
     st.just({"name": "data", "mountPath": TOKEN_DIR + "/"}),
     st.just({"name": c.VAULT_TOKEN_VOLUME, "mountPath": "/elsewhere", "readOnly": True}),
 )
-optional_list = st.one_of(st.none(), st.just("absent"), st.just([]))
+optional_list: st.SearchStrategy[str | list[Any] | None] = st.one_of(
+    st.none(), st.just("absent"), st.just([])
+)
 
 
 def _field(target: dict[str, Any], key: str, value: Any) -> None:
