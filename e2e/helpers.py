@@ -271,6 +271,23 @@ def env_list(env: Mapping[str, str]) -> list[dict[str, str]]:
     return [{"name": key, "value": value} for key, value in env.items()]
 
 
+# The restricted Pod Security Standard, which worker namespaces enforce: a deployer's pod must say this
+# much anyway, and none of it concerns Vault.
+RESTRICTED_POD_SECURITY: Final[Mapping[str, Any]] = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER_SECURITY: Final[Mapping[str, Any]] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 @dataclass(frozen=True)
 class App:
     """One container app as a deployer writes it: name, image, labels, plain env, an optional port."""
@@ -283,6 +300,8 @@ class App:
     port: int | None = None
     command: Sequence[str] | None = None
     readiness_path: str | None = None
+    pod_security: Mapping[str, Any] = field(default_factory=lambda: dict(RESTRICTED_POD_SECURITY))
+    container_security: Mapping[str, Any] = field(default_factory=lambda: dict(RESTRICTED_CONTAINER_SECURITY))
 
 
 def container_of(app: App) -> dict[str, Any]:
@@ -291,6 +310,7 @@ def container_of(app: App) -> dict[str, Any]:
         "image": app.image,
         # The suite's images come from `kind load`, never from a registry.
         "imagePullPolicy": "IfNotPresent",
+        "securityContext": json.loads(json.dumps(app.container_security)),
     }
     if app.command is not None:
         container["command"] = list(app.command)
@@ -323,7 +343,11 @@ def deployment_manifest(
             "selector": {"matchLabels": {"app": app.name}},
             "template": {
                 "metadata": {"labels": _pod_labels(app)},
-                "spec": {"containers": [container_of(app)], **(pod_spec_extra or {})},
+                "spec": {
+                    "securityContext": json.loads(json.dumps(app.pod_security)),
+                    "containers": [container_of(app)],
+                    **(pod_spec_extra or {}),
+                },
             },
         },
     }
@@ -335,7 +359,12 @@ def pod_manifest(app: App, *, pod_spec_extra: Mapping[str, Any] | None = None) -
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": app.name, "namespace": app.namespace, "labels": _pod_labels(app)},
-        "spec": {"containers": [container_of(app)], "restartPolicy": "Never", **(pod_spec_extra or {})},
+        "spec": {
+            "securityContext": json.loads(json.dumps(app.pod_security)),
+            "containers": [container_of(app)],
+            "restartPolicy": "Never",
+            **(pod_spec_extra or {}),
+        },
     }
 
 
@@ -616,3 +645,12 @@ def kv_data_path(
 ) -> str:
     """The KV-v2 read path of a secret, as the audit log shows it."""
     return f"{mount}/data/{prefix}/{env}/{tenant}/{team}/{category}/{name}"
+
+
+_ROOT_TOKEN_RE = re.compile(r"^Root Token: (\S+)[ \t]*$", re.MULTILINE)
+
+
+def root_token_from_log(text: str) -> str | None:
+    """The root token a dev-mode Vault/OpenBao prints at start (``Root Token: ...``), or None yet."""
+    match = _ROOT_TOKEN_RE.search(text)
+    return match.group(1) if match else None

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e import helpers as h
+from e2e import kube, layout, plan, stack
 
 from gtc_admission import constants as c
+from gtc_admission.config import parse_config
 
 CANARY = "CANARY-e2e-7c1d-never-shown"
 BADGE = "gtc-worker"
@@ -631,3 +636,232 @@ def test_kv_data_path() -> None:
         )
         == "secret/data/greentic/prod/acme/core/webhook/inbound"
     )
+
+
+def test_deployer_manifests_satisfy_the_restricted_pod_security_standard() -> None:
+    """Worker namespaces enforce `restricted`: the suite's pods say so themselves (nothing about Vault)."""
+    for manifest in (h.deployment_manifest(WORKER), h.pod_manifest(WORKER)):
+        spec = manifest["spec"] if manifest["kind"] == "Pod" else manifest["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        security = spec["containers"][0]["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["runAsNonRoot"] is True
+
+
+def test_manifests_do_not_share_the_security_defaults() -> None:
+    """Each manifest gets its own copy: editing one never changes the defaults or another manifest."""
+    first = h.deployment_manifest(WORKER)
+    first["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 0
+    first["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["drop"].clear()
+    second = h.deployment_manifest(WORKER)
+    assert second["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 65532
+    assert second["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"] == {
+        "drop": ["ALL"]
+    }
+
+
+@pytest.mark.parametrize(
+    ("log", "token"),
+    [
+        (
+            "WARNING! dev mode is enabled!\nUnseal Key: abc=\nRoot Token: s.Xy12Zw\n\nDevelopment mode...",
+            "s.Xy12Zw",
+        ),
+        ("Root Token: s.Xy12Zw   \n", "s.Xy12Zw"),
+        ("==> OpenBao server configuration:\n", None),
+        ("The Root Token: is not at the start of this line", None),
+    ],
+)
+def test_root_token_from_log(log: str, token: str | None) -> None:
+    """The dev server's root token is read from its own line only."""
+    assert h.root_token_from_log(log) == token
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout and plan: what the suite reads from deploy/.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ignore_generated_skips_key_material_in_tls_folders_only() -> None:
+    """A user's generated certificates and keys are never copied; other files and folders are."""
+    names = [".gitignore", "ca.crt", "tls.crt", "tls.key", "ca-bundle.b64", "old.pem", "README.md"]
+    assert layout.ignore_generated("/x/deploy/vault/tls", names) == {
+        "ca.crt",
+        "tls.crt",
+        "tls.key",
+        "ca-bundle.b64",
+        "old.pem",
+    }
+    assert layout.ignore_generated("/x/deploy/vault", ["tls", "ca.crt", "kustomization.yaml"]) == set()
+
+
+def test_layout_names_missing_files() -> None:
+    """A deploy/ folder without the kustomizations and Dockerfiles is reported file by file."""
+    assert layout.LAYOUT.missing_files(Path("/nonexistent")) == [
+        f"deploy/{name}" for name in layout.LAYOUT.required_files()
+    ]
+
+
+def example_objects(**changes: Any) -> list[dict[str, Any]]:
+    """A minimal rendered example: namespace, worker Deployment and its Service."""
+    namespace = {
+        "kind": "Namespace",
+        "metadata": {"name": "acme-prod", "labels": {c.LABEL_ENV: "prod", c.LABEL_TENANT: "acme"}},
+    }
+    container = {
+        "name": "worker",
+        "image": "gtc-demo-worker:dev",
+        "imagePullPolicy": "IfNotPresent",
+        "env": [{"name": "WEBHOOK_SECRET", "value": "secret://webhook/inbound"}],
+        "ports": [{"containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+    }
+    container.update(changes)
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "demo-worker", "namespace": "acme-prod"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "demo"}},
+            "template": {
+                "metadata": {"labels": {"app": "demo", "greentic.ai/component": "worker"}},
+                "spec": {"containers": [container]},
+            },
+        },
+    }
+    service = {
+        "kind": "Service",
+        "metadata": {"name": "demo-worker"},
+        "spec": {"selector": {"app": "demo"}, "ports": [{"port": 80}]},
+    }
+    return [namespace, deployment, service]
+
+
+def test_worker_plan_reads_the_example_worker() -> None:
+    """Namespace binding (team defaults), Deployment, Service, env, port and probe come from the objects."""
+    worker = plan.worker_plan(example_objects(), layout.LAYOUT)
+    assert (worker.namespace, worker.env, worker.tenant, worker.team) == (
+        "acme-prod",
+        "prod",
+        "acme",
+        "default",
+    )
+    assert (worker.deployment, worker.selector, worker.service, worker.service_port) == (
+        "demo-worker",
+        "app=demo",
+        "demo-worker",
+        80,
+    )
+    assert worker.secret_ref == "secret://webhook/inbound"
+    assert worker.container_port == 8080
+    assert worker.readiness_path == "/healthz"
+
+
+@pytest.mark.parametrize(
+    ("objects", "message"),
+    [
+        (example_objects()[1:], "expected exactly one Namespace, found 0"),
+        (example_objects(env=[{"name": "WEBHOOK_SECRET", "value": "plain"}]), "is not a secret:// reference"),
+        (example_objects(ports=[]), "declares no containerPort"),
+        (example_objects()[:2], "expected one Service selecting the worker, found 0"),
+        ([example_objects()[0], example_objects()[2]], "expected one worker Deployment, found 0"),
+    ],
+)
+def test_worker_plan_names_what_is_missing(objects: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(plan.PlanError, match=re.escape(message)):
+        plan.worker_plan(objects, layout.LAYOUT)
+
+
+def test_worker_plan_needs_the_binding_labels() -> None:
+    objects = example_objects()
+    del objects[0]["metadata"]["labels"][c.LABEL_TENANT]
+    with pytest.raises(plan.PlanError, match="lacks the binding label"):
+        plan.worker_plan(objects, layout.LAYOUT)
+
+
+# Rendering deploy/ needs kubectl (kustomize); the suite itself needs it too.
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+
+
+@pytest.fixture(scope="module")
+def rendered_deploy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, plan.DeployPlan]:
+    """The suite's own preparation, for real: deploy/ copied, fresh certificates, three kustomizations
+    rendered, the plan read from them."""
+    workdir = tmp_path_factory.mktemp("e2e-plan")
+    copy = stack.prepare_deploy(workdir, layout.LAYOUT)
+    return copy, stack.render_plan(kube.Kubectl(workdir / "kubeconfig"), copy, layout.LAYOUT)
+
+
+@needs_kubectl
+def test_plan_of_the_real_deploy_folder(rendered_deploy: tuple[Path, plan.DeployPlan]) -> None:
+    """deploy/ renders into what the suite deploys, with the names deploy/README.md declares."""
+    _, deployed = rendered_deploy
+    assert deployed.webhook.namespace == "gtc-system"
+    assert deployed.webhook.selector == "app.kubernetes.io/name=gtc-admission"
+    assert deployed.webhook.image == "gtc-admission:dev"
+    assert deployed.webhook.config.service_account == BADGE
+    worker = deployed.worker
+    assert (worker.namespace, worker.env, worker.tenant, worker.team) == ("acme-prod", "prod", "acme", "core")
+    assert worker.image == "gtc-demo-worker:dev"
+    assert worker.secret_ref.startswith("secret://")
+    assert "serviceAccountName" not in json.dumps(worker.pod_security_context)
+    assert deployed.vault_ingress_policy["metadata"] == {
+        **deployed.vault_ingress_policy["metadata"],
+        "name": "vault-ingress",
+        "namespace": "vault",
+    }
+    env = plan.expected_worker_env(deployed)
+    assert env[c.ENV_VAULT_ADDR].startswith("https://")  # the runtime refuses anything else
+    assert env[c.ENV_VAULT_ROLE] == "gtc-prod-acme"
+
+
+@needs_kubectl
+def test_the_copy_has_fresh_certificates_for_the_names_the_suite_uses(
+    rendered_deploy: tuple[Path, plan.DeployPlan],
+) -> None:
+    """The Vault certificate covers the in-cluster name and 127.0.0.1 (the port-forward); the webhook's
+    covers its Service; neither is a file from the checkout."""
+    from cryptography import x509
+
+    copy, _ = rendered_deploy
+    for folder, dns, ips in (
+        (layout.LAYOUT.vault_tls, layout.LAYOUT.vault_dns, layout.LAYOUT.vault_ips),
+        (layout.LAYOUT.webhook_tls, layout.LAYOUT.webhook_dns, ()),
+    ):
+        pem = (copy / folder / "tls.crt").read_bytes()
+        original = layout.DEPLOY / folder / "tls.crt"
+        assert not original.exists() or original.read_bytes() != pem
+        names = (
+            x509.load_pem_x509_certificate(pem)
+            .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            .value
+        )
+        assert set(dns) <= set(names.get_values_for_type(x509.DNSName))
+        assert set(ips) <= {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+
+
+def test_expected_worker_env_adds_kv_settings_only_when_not_the_default() -> None:
+    """VAULT_KV_MOUNT / VAULT_KV_PREFIX are expected only where the config moves them (like the webhook)."""
+    config = parse_config(
+        {
+            "environments": {
+                "prod": {
+                    "secretsPack": "greentic.secrets.vault",
+                    "vault": {"addr": "https://v:8200", "role": "r-{env}-{tenant}-{team}", "kvMount": "kv"},
+                }
+            }
+        }
+    )
+    webhook_plan = plan.WebhookPlan(
+        namespace="gtc-system", deployment="d", selector="a=b", image="i", config=config
+    )
+    deployed = plan.DeployPlan(
+        webhook=webhook_plan,
+        worker=plan.worker_plan(example_objects(), layout.LAYOUT),
+        vault_ingress_policy={},
+    )
+    env = plan.expected_worker_env(deployed)
+    assert env[c.ENV_VAULT_KV_MOUNT] == "kv"
+    assert c.ENV_VAULT_KV_PREFIX not in env
+    assert env[c.ENV_VAULT_ROLE] == "r-prod-acme-default"
