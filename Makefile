@@ -33,5 +33,12 @@ typecheck: $(STAMP)
 test: lint typecheck ## lint, type check, and the whole test suite (unit + integration against a real OpenBao)
 	$(BIN)/pytest -q
 
+# The kind end-to-end suite (e2e/, marker e2e): needs Docker, kind >= 0.24 and kubectl, and skips with the
+# reason when one is missing. Never part of `make test`. `make e2e KEEP=1` leaves the cluster running;
+# ARGS passes anything else to pytest (e.g. ARGS='-k audit -x').
+.PHONY: e2e
+e2e: $(STAMP) ## kind cluster, images, Vault, webhook, a worker and a router; checks issue 4 end to end
+	$(BIN)/pytest e2e -m e2e $(if $(KEEP),--keep) $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
