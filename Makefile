@@ -40,5 +40,15 @@ test: lint typecheck ## lint, type check, and the whole test suite (unit + integ
 e2e: $(STAMP) ## kind cluster, images, Vault, webhook, a worker and a router; checks issue 4 end to end
 	$(BIN)/pytest e2e -m e2e $(if $(KEEP),--keep) $(ARGS)
 
+# The two images of deploy/ (needs Docker with BuildKit). The demo worker image trusts the demo Vault's CA,
+# so generate deploy/vault/tls first (README "Install in a cluster") and rebuild after a new one.
+VAULT_CA ?= deploy/vault/tls/ca.crt
+.PHONY: images
+images: ## docker build gtc-admission:dev and gtc-demo-worker:dev (deploy/docker)
+	@test -f $(VAULT_CA) || { echo "$(VAULT_CA) missing: run gtc-admission certs for the demo Vault first (README)"; exit 2; }
+	docker build --file deploy/docker/webhook.Dockerfile --tag gtc-admission:dev .
+	docker build --file deploy/docker/worker.Dockerfile --tag gtc-demo-worker:dev \
+		--build-arg VAULT_CA_PEM="$$(cat $(VAULT_CA))" .
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
