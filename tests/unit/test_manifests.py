@@ -931,3 +931,41 @@ def test_docker_build_context_holds_what_the_wheel_needs(name: str) -> None:
         for part in shlex.split(args)[:-1]
     }
     assert copied == allowed_paths == {"pyproject.toml", "README.md", "webhook", "runtime"}
+
+
+def _verifies(bundle: bytes, leaf_pem: bytes) -> bool:
+    verifier = (
+        PolicyBuilder()
+        .store(Store(x509.load_pem_x509_certificates(bundle)))
+        .build_server_verifier(x509.DNSName(SERVICE_DNS))
+    )
+    try:
+        verifier.verify(x509.load_pem_x509_certificate(leaf_pem), [])
+    except x509.verification.VerificationError:
+        return False
+    return True
+
+
+def test_rotation_steps_of_certs_readme_keep_both_leaves_trusted(tmp_path: Path) -> None:
+    """certs/README.md's rotation, rendered: old+new CA trusts both leaves; the end state only the new one."""
+    if KUBECTL is None:
+        pytest.skip("kubectl not installed: cannot render the kustomizations (kubectl kustomize)")
+    root = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, root)
+    tls = root / "overlays" / "self-managed-ca" / "tls"
+    names = [SERVICE_DNS, f"{SERVICE_DNS}.cluster.local"]
+    old, new = generate_certificates(names), generate_certificates(names)
+    write_certificates(old, tls)
+
+    def bundles() -> list[bytes]:
+        docs = kustomize(root / "overlays" / "self-managed-ca")
+        return [base64.b64decode(w["clientConfig"]["caBundle"]) for _, w in webhook_configs(docs)]
+
+    # Step 1: both CAs in ca.crt, the old leaf still served.
+    (tls / "ca.crt").write_bytes(old.ca_cert_pem + new.ca_cert_pem)
+    for bundle in bundles():
+        assert _verifies(bundle, old.cert_pem) and _verifies(bundle, new.cert_pem)
+    # Step 4: only the new CA.
+    (tls / "ca.crt").write_bytes(new.ca_cert_pem)
+    for bundle in bundles():
+        assert _verifies(bundle, new.cert_pem) and not _verifies(bundle, old.cert_pem)
