@@ -120,9 +120,6 @@ class Kind:
     def load_image(self, image: str, *, timeout: float = 600) -> None:
         run(["kind", "load", "docker-image", image, "--name", self.name], timeout=timeout)
 
-    def export_logs(self, folder: Path, *, timeout: float = 300) -> None:
-        run(["kind", "export", "logs", str(folder), "--name", self.name], timeout=timeout, check=False)
-
 
 def docker_build(
     *,

@@ -228,3 +228,25 @@ def expected_worker_env(plan: DeployPlan) -> dict[str, str]:
     if vault.kv_prefix != c.DEFAULT_KV_PREFIX:
         env[c.ENV_VAULT_KV_PREFIX] = vault.kv_prefix
     return env
+
+
+def worker_app(
+    worker: WorkerPlan,
+    name: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> h.App:
+    """Another worker like the example one (same image, env, port, probe, security context), written as
+    an unchanged deployer writes it; ``env`` and ``labels`` are added to the example's."""
+    return h.App(
+        name=name,
+        namespace=worker.namespace,
+        image=worker.image,
+        labels={**h.WORKER_LABELS, **(labels or {})},
+        env={**worker.plain_env, **(env or {})},
+        port=worker.container_port,
+        readiness_path=worker.readiness_path,
+        pod_security=worker.pod_security_context or h.RESTRICTED_POD_SECURITY,
+        container_security=worker.container_security_context or h.RESTRICTED_CONTAINER_SECURITY,
+    )

@@ -19,7 +19,7 @@ from typing import Any
 from e2e import helpers as h
 from e2e import kube
 from e2e.layout import DEPLOY, LAYOUT, ROOT, Layout, ignore_generated
-from e2e.plan import DeployPlan, deploy_plan, expected_worker_env, label_selector
+from e2e.plan import DeployPlan, deploy_plan, expected_worker_env, label_selector, worker_app
 
 ROLLOUT_TIMEOUT_S = 300
 # Vault calls the TokenReview API from inside the cluster: this is the API server as Vault sees it.
@@ -73,20 +73,7 @@ class Cluster:
     def worker_app(
         self, name: str, *, env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
     ) -> h.App:
-        """Another worker like the example one (same image, env, port, probe, security context), written
-        as an unchanged deployer writes it; ``env`` and ``labels`` are added to the example's."""
-        worker = self.plan.worker
-        return h.App(
-            name=name,
-            namespace=worker.namespace,
-            image=worker.image,
-            labels={**h.WORKER_LABELS, **(labels or {})},
-            env={**worker.plain_env, **(env or {})},
-            port=worker.container_port,
-            readiness_path=worker.readiness_path,
-            pod_security=worker.pod_security_context or h.RESTRICTED_POD_SECURITY,
-            container_security=worker.container_security_context or h.RESTRICTED_CONTAINER_SECURITY,
-        )
+        return worker_app(self.plan.worker, name, env=env, labels=labels)
 
     def pods(self, selector: str) -> dict[str, Any]:
         return self.kubectl.pods(self.namespace, selector)

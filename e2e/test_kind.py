@@ -32,6 +32,7 @@ CUT_OFF_BOOT_TIMEOUT_S = "10"
 CHAOS_ROUNDS = 3
 CHAOS_WINDOW_S = 20.0
 CHAOS_BARE_PODS_PER_ROUND = 4
+CHAOS_SAMPLE_INTERVAL_S = 1.0
 CHAOS_LABEL = "e2e.greentic.ai/chaos"
 
 
@@ -301,6 +302,10 @@ def test_deleting_webhook_pods_never_lets_an_unpatched_worker_through(cluster: C
                         # Only the fail-closed refusal is expected here; anything else is a real failure.
                         assert "webhook" in result.stderr, result.stderr
                         refused.append(name)
+                else:
+                    # Pace the remaining samples: one listing a second is plenty, and this is not a wait
+                    # for anything (the window ends by the clock either way).
+                    time.sleep(CHAOS_SAMPLE_INTERVAL_S)
                 sample()
             k.rollout_status(webhook.namespace, f"deployment/{webhook.deployment}", timeout=300)
 

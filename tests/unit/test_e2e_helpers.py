@@ -9,12 +9,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import pytest
 from e2e import helpers as h
 from e2e import kube, layout, plan, stack
 
 from gtc_admission import constants as c
 from gtc_admission.config import parse_config
+from gtc_admission.offline import review_text
 
 CANARY = "CANARY-e2e-7c1d-never-shown"
 BADGE = "gtc-worker"
@@ -865,3 +867,77 @@ def test_expected_worker_env_adds_kv_settings_only_when_not_the_default() -> Non
     assert env[c.ENV_VAULT_KV_MOUNT] == "kv"
     assert c.ENV_VAULT_KV_PREFIX not in env
     assert env[c.ENV_VAULT_ROLE] == "r-prod-acme-default"
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite's expectations against the real decision core (gtc-admission's offline review, the same
+# /mutate then /validate the cluster runs), so a mismatch shows here and not only on a kind cluster.
+# ---------------------------------------------------------------------------------------------
+
+
+def offline(deployed: plan.DeployPlan, manifest: dict[str, Any]) -> tuple[bool, str, dict[str, Any]]:
+    """(allowed, message, object after the patch) for ``manifest`` in the worker namespace."""
+    result = review_text(
+        json.dumps(manifest), config=deployed.webhook.config, namespace=deployed.worker.namespace
+    )
+    response = result.review["response"]
+    patched = manifest
+    if "patch" in response:
+        operations = json.loads(base64.b64decode(response["patch"]))
+        patched = jsonpatch.apply_patch(manifest, operations)
+    return result.allowed, str((response.get("status") or {}).get("message", "")), patched
+
+
+def as_kubectl_error(message: str) -> str:
+    """How kubectl prints a webhook denial (the API server wraps the response's status message)."""
+    return f'Error from server (Forbidden): admission webhook "x.greentic.ai" denied the request: {message}'
+
+
+@needs_kubectl
+@pytest.mark.parametrize("build", [h.pod_manifest, h.deployment_manifest])
+def test_dev_secret_manifests_are_refused_with_the_rule_and_field_path(
+    rendered_deploy: tuple[Path, plan.DeployPlan], build: Any
+) -> None:
+    """The pod and the Deployment the suite applies are denied, with what the tests look for."""
+    _, deployed = rendered_deploy
+    manifest = h.with_dev_secret(build(plan.worker_app(deployed.worker, "dev-secret")), "gtc-dev-secrets")
+    allowed, message, _ = offline(deployed, manifest)
+    assert not allowed
+    assert h.refused_with_rule(as_kubectl_error(message), c.RULE_DEV_SECRET_REFERENCE)
+    assert "spec.containers[0].envFrom[0].secretRef.name" in message
+
+
+@needs_kubectl
+@pytest.mark.parametrize(
+    ("env", "labels"),
+    [
+        ({}, {}),
+        ({"GREENTIC_SECRETS_BOOT_TIMEOUT": "10"}, {}),  # the cut-off worker
+        ({}, {"e2e.greentic.ai/chaos": "true"}),  # the chaos workers
+    ],
+)
+def test_extra_workers_are_patched_into_what_the_suite_expects(
+    rendered_deploy: tuple[Path, plan.DeployPlan], env: dict[str, str], labels: dict[str, str]
+) -> None:
+    """A worker pod the suite creates is admitted, and the webhook's real patch makes worker_problems()
+    empty with expected_worker_env(): the e2e check and the webhook agree on what "on Vault" means."""
+    _, deployed = rendered_deploy
+    pod = h.pod_manifest(plan.worker_app(deployed.worker, "extra", env=env, labels=labels))
+    assert h.worker_problems(pod, plan.expected_worker_env(deployed), BADGE) != []
+    allowed, message, patched = offline(deployed, pod)
+    assert allowed, message
+    assert h.worker_problems(patched, plan.expected_worker_env(deployed), BADGE) == []
+    assert h.unpatched_workers({"items": [patched]}, BADGE) == []
+
+
+@needs_kubectl
+def test_the_router_is_admitted_unchanged(rendered_deploy: tuple[Path, plan.DeployPlan]) -> None:
+    """The router Deployment's pod gets no patch, and the router check accepts it as it is."""
+    _, deployed = rendered_deploy
+    router = stack.router_app(deployed)
+    pod = h.pod_manifest(router)
+    allowed, message, patched = offline(deployed, pod)
+    assert allowed, message
+    assert patched == pod
+    assert h.router_problems(patched, stack.ROUTER_ENV) == []
+    assert offline(deployed, h.deployment_manifest(router))[0]
