@@ -259,14 +259,6 @@ def kube_ca_from_configmap(configmap: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def namespace_manifest(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": name, "labels": {SUITE_LABEL: "true", **labels}},
-    }
-
-
 def env_list(env: Mapping[str, str]) -> list[dict[str, str]]:
     return [{"name": key, "value": value} for key, value in env.items()]
 
@@ -368,18 +360,6 @@ def pod_manifest(app: App, *, pod_spec_extra: Mapping[str, Any] | None = None) -
     }
 
 
-def service_manifest(app: App, *, port: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": app.name, "namespace": app.namespace, "labels": {SUITE_LABEL: "true"}},
-        "spec": {
-            "selector": {"app": app.name},
-            "ports": [{"name": "http", "port": port, "targetPort": port}],
-        },
-    }
-
-
 def dev_secret_reference(secret_name: str) -> dict[str, Any]:
     """Pod-spec pieces that reference ``secret_name`` the old way: envFrom and a volume.
 
@@ -472,10 +452,6 @@ def router_problems(pod: Mapping[str, Any], original: Mapping[str, str]) -> list
         if volume.get("name") == c.VAULT_TOKEN_VOLUME:
             problems.append(f"has volume {c.VAULT_TOKEN_VOLUME}")
     return problems
-
-
-def pod_names(pods: Mapping[str, Any]) -> list[str]:
-    return [str((p.get("metadata") or {}).get("name")) for p in pods.get("items") or []]
 
 
 def unpatched_workers(pods: Mapping[str, Any], badge: str) -> list[str]:
@@ -638,13 +614,6 @@ def worker_trail(
         elif path == f"{transit_mount}/decrypt/{transit_key}" and operation == "update":
             decrypts.append(path)
     return WorkerTrail(logins=logins, kv_reads=kv_reads, decrypts=decrypts)
-
-
-def kv_data_path(
-    *, mount: str, prefix: str, env: str, tenant: str, team: str, category: str, name: str
-) -> str:
-    """The KV-v2 read path of a secret, as the audit log shows it."""
-    return f"{mount}/data/{prefix}/{env}/{tenant}/{team}/{category}/{name}"
 
 
 _ROOT_TOKEN_RE = re.compile(r"^Root Token: (\S+)[ \t]*$", re.MULTILINE)

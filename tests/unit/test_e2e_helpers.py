@@ -303,16 +303,14 @@ def test_deployment_is_what_an_unchanged_deployer_writes() -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
 
 
-def test_pod_and_service_manifests() -> None:
-    """A bare pod of the app (never restarted), and a Service selecting the app's pods."""
+def test_pod_manifest() -> None:
+    """A bare pod of the app (never restarted), with the app's labels and nothing about Vault."""
     pod = h.pod_manifest(WORKER)
     assert pod["kind"] == "Pod"
     assert pod["metadata"]["labels"]["greentic.ai/component"] == "worker"
+    assert pod["metadata"]["labels"]["app"] == "demo-worker"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert "serviceAccountName" not in pod["spec"]
-    service = h.service_manifest(WORKER, port=8080)
-    assert service["spec"]["selector"] == {"app": "demo-worker"}
-    assert service["spec"]["ports"][0]["port"] == 8080
 
 
 def test_router_has_no_env_unless_given() -> None:
@@ -459,7 +457,6 @@ def test_unpatched_workers_lists_only_the_ones_off_vault() -> None:
         "w-3 (ServiceAccount gtc-worker)",
     ]
     assert h.unpatched_workers({"items": []}, BADGE) == []
-    assert h.pod_names(pods) == ["w-1", "w-2", "w-3"]
 
 
 POD_STATUS: dict[str, Any] = {
@@ -623,21 +620,6 @@ def test_parse_audit_lines_keeps_audit_objects_only() -> None:
         ]
     )
     assert h.parse_audit_lines(text) == [AUDIT[0], AUDIT[1]]
-
-
-def test_kv_data_path() -> None:
-    assert (
-        h.kv_data_path(
-            mount="secret",
-            prefix="greentic",
-            env="prod",
-            tenant="acme",
-            team="core",
-            category="webhook",
-            name="inbound",
-        )
-        == "secret/data/greentic/prod/acme/core/webhook/inbound"
-    )
 
 
 def test_deployer_manifests_satisfy_the_restricted_pod_security_standard() -> None:
@@ -941,3 +923,44 @@ def test_the_router_is_admitted_unchanged(rendered_deploy: tuple[Path, plan.Depl
     assert patched == pod
     assert h.router_problems(patched, stack.ROUTER_ENV) == []
     assert offline(deployed, h.deployment_manifest(router))[0]
+
+
+def test_deploy_plan_refuses_a_manifest_that_would_pull_a_kind_loaded_image() -> None:
+    """Our images only exist on the nodes through `kind load`: imagePullPolicy Always is a plan error."""
+    webhook: list[dict[str, Any]] = [
+        {
+            "kind": "Deployment",
+            "metadata": {"name": "gtc-admission", "namespace": "gtc-system"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "w"}},
+                "template": {
+                    "spec": {"containers": [{"image": "gtc-admission:dev", "imagePullPolicy": "Always"}]}
+                },
+            },
+        },
+        {"kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"config.yaml": "{}"}},
+    ]
+    vault = [{"kind": "NetworkPolicy", "metadata": {"name": "vault-ingress", "namespace": "vault"}}]
+    with pytest.raises(plan.PlanError, match=r"would pull gtc-admission:dev from a registry"):
+        plan.deploy_plan(vault=vault, webhook=webhook, example=example_objects(), layout=layout.LAYOUT)
+    webhook[0]["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    deployed = plan.deploy_plan(vault=vault, webhook=webhook, example=example_objects(), layout=layout.LAYOUT)
+    assert deployed.webhook.selector == "app=w"
+    assert deployed.worker.image == "gtc-demo-worker:dev"
+
+
+def test_deploy_plan_needs_the_vault_ingress_policy() -> None:
+    """The NetworkPolicy test removes and restores it: without it in deploy/vault the plan fails first."""
+    webhook = [
+        {
+            "kind": "Deployment",
+            "metadata": {"name": "gtc-admission", "namespace": "gtc-system"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "w"}},
+                "template": {"spec": {"containers": [{"image": "x:1"}]}},
+            },
+        },
+        {"kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"config.yaml": "{}"}},
+    ]
+    with pytest.raises(plan.PlanError, match=r"NetworkPolicy/vault-ingress, found 0"):
+        plan.deploy_plan(vault=[], webhook=webhook, example=example_objects(), layout=layout.LAYOUT)
