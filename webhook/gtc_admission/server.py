@@ -81,6 +81,11 @@ MAX_WORKERS: Final = 64  # more processes than that in one replica is a typo, no
 SUPERVISOR_POLL_SECONDS: Final = 1.0
 # A worker that has not stopped this long after its shutdown timeout is killed.
 WORKER_KILL_GRACE_SECONDS: Final = 5.0
+# Shutdown drain: the listener is closed, then the server keeps serving until no request has been in
+# progress or started for this long (a review sent just before SIGTERM may still sit in a socket buffer:
+# the loop reads it within milliseconds once it is free), or until the shutdown timeout.
+DRAIN_QUIET_SECONDS: Final = 0.25
+DRAIN_POLL_SECONDS: Final = 0.02
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,18 @@ class _State:
 
 
 STATE: Final = web.AppKey("state", _State)
+
+
+class _InFlight:
+    """Requests in progress and started, for the shutdown drain (mutable, unlike _State)."""
+
+    def __init__(self) -> None:
+        self.in_progress = 0
+        self.started = 0
+        self.draining = False
+
+
+IN_FLIGHT: Final = web.AppKey("in_flight", _InFlight)
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -258,6 +275,44 @@ def _merged_exposition(metrics_dir: Path) -> Callable[[], bytes]:
 
 
 @web.middleware
+async def _count_in_flight(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Counts requests for the shutdown drain; while draining, answers with Connection: close so that
+    clients take their next request to another replica instead of this keep-alive connection."""
+    tracker = request.app[IN_FLIGHT]
+    tracker.in_progress += 1
+    tracker.started += 1
+    try:
+        response = await handler(request)
+    finally:
+        tracker.in_progress -= 1
+    if tracker.draining:
+        response.force_close()
+    return response
+
+
+async def _drain(tracker: _InFlight, timeout: float) -> None:
+    """Serve on (the listener is already closed) until requests have stopped, at most ``timeout``.
+
+    aiohttp's own shutdown (runner.cleanup) stops reading from every connection at once: a review whose
+    body was still arriving, or already received but not yet dispatched, would be dropped without an
+    answer, and the API server would count a failed call (failurePolicy Fail: a refused pod).
+    """
+    tracker.draining = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    seen, quiet_since = tracker.started, loop.time()
+    while loop.time() < deadline:
+        if tracker.in_progress or tracker.started != seen:
+            seen, quiet_since = tracker.started, loop.time()
+        elif loop.time() - quiet_since >= DRAIN_QUIET_SECONDS:
+            return
+        await asyncio.sleep(DRAIN_POLL_SECONDS)
+    log.warning("shutdown: %d request(s) still in progress after %gs", tracker.in_progress, timeout)
+
+
+@web.middleware
 async def _json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
@@ -286,7 +341,10 @@ def make_app(
     namespace_cache: NamespaceCache | None = None,
 ) -> web.Application:
     """The aiohttp application; background work (certificate reloader, namespace cache) in cleanup_ctx."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_json_errors])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[_count_in_flight, _json_errors]
+    )
+    app[IN_FLIGHT] = _InFlight()
     metrics = Metrics(registry)
     app[STATE] = _State(
         config=config,
@@ -420,6 +478,8 @@ async def serve(
             log.info("listening on https://%s:%d", settings.host, settings.port)
             await stop.wait()
             log.info("shutting down: no new connections, finishing reviews in flight")
+            await site.stop()  # the listener closes: new connections are refused from here on
+            await _drain(app[IN_FLIGHT], settings.shutdown_timeout_seconds)
         finally:
             if watcher is not None:
                 watcher.cancel()
