@@ -484,8 +484,22 @@ def test_webhook_arguments_match_the_mounts(rendered: dict[str, list[Doc]], name
     tls_mount = mounts[str(args.tls_cert.parent)]
     assert str(args.tls_key.parent) == tls_mount["mountPath"]
     assert volumes[tls_mount["name"]]["secret"]["secretName"] == "gtc-admission-tls"
-    assert all(m.get("readOnly") for m in server["volumeMounts"])
+    assert config_mount.get("readOnly") and tls_mount.get("readOnly")
     assert "subPath" not in tls_mount  # a subPath mount never sees a renewed Secret
+
+
+@pytest.mark.parametrize("name", WEBHOOK_KUSTOMIZATIONS)
+def test_webhook_writes_only_to_a_memory_backed_tmp(rendered: dict[str, list[Doc]], name: str) -> None:
+    """Root filesystem read-only; the one writable mount is /tmp, in memory (the pair's private copies)."""
+    docs = rendered[name]
+    server = container(docs, WEBHOOK_NAME)
+    assert server["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {
+        v["name"]: v for v in one(docs, "Deployment", WEBHOOK_NAME)["spec"]["template"]["spec"]["volumes"]
+    }
+    writable = [m for m in server["volumeMounts"] if not m.get("readOnly")]
+    assert [m["mountPath"] for m in writable] == ["/tmp"]  # tempfile's default folder
+    assert volumes[writable[0]["name"]]["emptyDir"]["medium"] == "Memory"
 
 
 @pytest.mark.parametrize("name", WEBHOOK_KUSTOMIZATIONS)
