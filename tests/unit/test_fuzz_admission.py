@@ -11,8 +11,8 @@ level, missing keys, deep nesting, huge strings, unicode, lone surrogates, broke
 
 Never a 5xx, never an error logged, never the fail-closed ``internal-error`` answer: that answer is the
 server's safety net for an exception escaping the decision core, so seeing it means the core crashed.
-The one exception is a bug this fuzzing found and that is not fixed yet (``KNOWN_CORE_BUGS``, with a
-strict xfail test at the end that fails as soon as it is fixed).
+(This fuzzing found one such crash, an unhashable ``request.operation``; it is fixed and has a regression
+test at the end.)
 """
 
 from __future__ import annotations
@@ -171,13 +171,7 @@ async def check_answer(h: Harness, path: str, body: bytes, document: object = No
     payload = json.loads(answer.body)
     audit = h.new_audit_lines()
     errors = h.take_errors()
-    known = known_core_bug(document)
-    if known is not None and errors:
-        # Tolerated (see KNOWN_CORE_BUGS), and only as the fail-closed denial: checked below.
-        event(f"known bug: {known}")
-        assert all(e.startswith("internal error ") and ": TypeError" in e for e in errors), errors
-    else:
-        assert not errors, errors
+    assert not errors, errors
     if answer.status != 200:
         assert 400 <= answer.status < 500
         assert isinstance(payload, dict) and set(payload) == {"error"}
@@ -195,10 +189,7 @@ async def check_answer(h: Harness, path: str, body: bytes, document: object = No
     assert response["uid"] == uid
     assert isinstance(response["allowed"], bool)
     rules = response["auditAnnotations"][c.AUDIT_ANNOTATION_RULES].split(",")
-    if known is not None and errors:
-        assert rules == [c.RULE_INTERNAL_ERROR] and response["allowed"] is False
-    else:
-        assert c.RULE_INTERNAL_ERROR not in rules, "the decision core raised (fail-closed safety net used)"
+    assert c.RULE_INTERNAL_ERROR not in rules, "the decision core raised (fail-closed safety net used)"
     event("allowed" if response["allowed"] else "denied")
     if not response["allowed"]:
         assert isinstance(response["status"]["code"], int)
@@ -214,26 +205,6 @@ async def check_answer(h: Harness, path: str, body: bytes, document: object = No
         assert "patchType" not in response
     assert len(audit) == 1 and audit[0]["uid"] == uid
     return answer
-
-
-def _unhashable_operation(document: object) -> bool:
-    request = document.get("request") if isinstance(document, dict) else None
-    return isinstance(request, dict) and isinstance(request.get("operation"), list | dict)
-
-
-# Bugs this fuzzing found in the decision core that are not fixed yet. Each is tolerated ONLY as the
-# server's fail-closed denial (so the contract above still holds) and has a strict xfail regression test
-# below, which starts failing (XPASS) the day the bug is fixed: then its entry here must go.
-KNOWN_CORE_BUGS: Final[dict[str, Callable[[object], bool]]] = {
-    "request.operation of a list or object raises TypeError in parse_review": _unhashable_operation,
-}
-
-
-def known_core_bug(document: object) -> str | None:
-    for name, applies in KNOWN_CORE_BUGS.items():
-        if applies(document):
-            return name
-    return None
 
 
 def encode(document: object, *, ascii_only: bool) -> bytes:
@@ -654,13 +625,6 @@ async def test_a_body_exactly_at_the_size_limit_is_judged(
     assert not harness.errors.records
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known bug found by this fuzzing (KNOWN_CORE_BUGS): review.parse_review tests "
-    "`operation not in OPERATIONS` on a list or object, which raises TypeError; the server's safety net "
-    "turns it into a fail-closed denial and an ERROR log line instead of the 400 a request error gets",
-)
 @pytest.mark.parametrize("operation", [["CREATE"], {"op": "CREATE"}])
 async def test_an_unhashable_operation_is_a_400(harness: Harness, operation: object) -> None:
     """request.operation of a list or object is a request error (400), like any other wrong operation."""

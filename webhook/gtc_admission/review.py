@@ -184,7 +184,7 @@ def parse_review(body: object) -> ReviewRequest:
         raise BadRequest("request.kind.kind: missing")
 
     operation = request.get("operation")
-    if operation not in OPERATIONS:
+    if not isinstance(operation, str) or operation not in OPERATIONS:  # a list or dict is unhashable
         raise BadRequest(f"request.operation: must be one of {', '.join(sorted(OPERATIONS))}")
 
     obj = _optional_object(request, "object")
