@@ -25,8 +25,6 @@ Signing and verification use ``cryptography`` only (no JWT library).
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import ipaddress
 import json
 import logging
 import secrets
@@ -42,11 +40,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from gtc_admission.tls import generate_certificates, write_certificates
 
 log = logging.getLogger(__name__)
 
@@ -264,76 +262,19 @@ class TlsFiles:
     key_file: Path
 
 
-def make_tls_files(directory: Path, *, common_name: str = "token-review-test") -> TlsFiles:
-    """A self-signed CA and a server certificate for 127.0.0.1/localhost signed by it, written as PEM."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A self-signed CA and a server certificate for 127.0.0.1/localhost signed by it, written as PEM.
+
+    The same generator ``gtc-admission certs`` uses: one certificate code path in the project.
+    """
+    bundle = generate_certificates(["localhost"], [LOOPBACK])
+    paths = write_certificates(bundle, directory)
+    return TlsFiles(
+        ca_pem=bundle.ca_cert_pem.decode("ascii"),
+        ca_file=paths.ca_cert,
+        cert_file=paths.cert,
+        key_file=paths.key,
     )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(LOOPBACK)), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    files = TlsFiles(
-        ca_pem=ca_pem,
-        ca_file=directory / "token-review-ca.pem",
-        cert_file=directory / "token-review-cert.pem",
-        key_file=directory / "token-review-key.pem",
-    )
-    files.ca_file.write_text(ca_pem, encoding="ascii")
-    files.cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    files.key_file.touch(mode=0o600)
-    files.key_file.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return files
 
 
 def new_signing_key() -> rsa.RSAPrivateKey:
