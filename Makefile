@@ -24,8 +24,8 @@ demo: $(STAMP) ## the whole mechanism locally in about a minute, each step print
 	$(BIN)/python -m demo.run_demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check webhook runtime tests e2e demo
-	$(BIN)/ruff format --check webhook runtime tests e2e demo
+	$(BIN)/ruff check webhook runtime tests e2e demo bench
+	$(BIN)/ruff format --check webhook runtime tests e2e demo bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -49,6 +49,15 @@ images: ## docker build gtc-admission:dev and gtc-demo-worker:dev (deploy/docker
 	docker build --file deploy/docker/webhook.Dockerfile --tag gtc-admission:dev .
 	docker build --file deploy/docker/worker.Dockerfile --tag gtc-demo-worker:dev \
 		--build-arg VAULT_CA_PEM="$$(cat $(VAULT_CA))" .
+
+# The benchmarks of issue 5 (bench/): wrk against the webhook and a bare aiohttp floor, --workers 2 vs 1, the
+# decision function alone, boot resolution against a real OpenBao, RSS after 100k reviews. They print
+# figures and ratios and write them into bench/RESULTS.md; they are not tests and never part of `make test`.
+# wrk is the Debian package, installed here when missing. ARGS passes options (e.g. ARGS='--only boot').
+.PHONY: bench
+bench: $(STAMP) ## benchmarks of issue 5: figures and ratios, written into bench/RESULTS.md (several minutes)
+	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
+	$(BIN)/python -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
