@@ -826,15 +826,52 @@ def machine() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class CpuAccount:
+    """Machine-wide CPU (``/proc/stat``) and this benchmark's own (itself and every descendant it reaped),
+    so that what other processes used during the run can be reported: a shared machine shows there."""
+
+    wall: float
+    machine_busy: float  # user + nice + system of all cores, seconds
+    steal: float  # time the hypervisor gave to other guests, seconds
+    ours: float
+
+    @classmethod
+    def now(cls) -> CpuAccount:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ours = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        return cls(time.monotonic(), (fields[0] + fields[1] + fields[2]) / tick, fields[7] / tick, ours)
+
+    def since(self, start: CpuAccount) -> dict[str, float]:
+        wall = self.wall - start.wall
+        ours = self.ours - start.ours
+        others = max(0.0, (self.machine_busy - start.machine_busy) - ours)
+        return {
+            "wall_s": wall,
+            "ours_cores": ours / wall,
+            "others_cores": others / wall,
+            "steal_cores": (self.steal - start.steal) / wall,
+        }
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
 def render(results: dict[str, Any], info: dict[str, str], settings: Settings, shared: str) -> str:
+    cpu = results["cpu"]
     lines = [
         f"Measured {info['date']} by `make bench` (`python -m bench.run`), "
         f"{settings.rounds} interleaved round(s) "
-        f"of {settings.duration:g} s per load; medians. {shared}",
+        f"of {settings.duration:g} s per load; medians. {shared}".rstrip(),
+        "",
+        f"During the {cpu['wall_s']:.0f} s of the run the benchmark (wrk, servers, OpenBao, itself) kept "
+        f"{cpu['ours_cores']:.2f} cores busy on average, other processes of this machine "
+        f"{cpu['others_cores']:.2f} cores, and the hypervisor gave {cpu['steal_cores']:.2f} cores' worth of "
+        "time to other guests (steal).",
         "",
         "| Machine | |",
         "|---|---|",
@@ -1007,6 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("wrk is not installed (Debian: apt-get install -y wrk; make bench does it)")
 
     info = machine()
+    start = CpuAccount.now()
     results: dict[str, Any] = {}
     functions: dict[str, Callable[[Settings], dict[str, Any]]] = {
         "decision": bench_decision,
@@ -1030,6 +1068,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 note(f"--- {name}")
                 results[name] = functions[name](settings)
     info["load_after"] = " ".join(f"{load:.2f}" for load in os.getloadavg())
+    results["cpu"] = CpuAccount.now().since(start)
     markdown = render(results, info, settings, args.shared)
     print(markdown)
     print(json.dumps(results, indent=2, default=str), file=sys.stderr)
