@@ -105,6 +105,10 @@ _STATUS_TABLE: dict[int, type[VaultError]] = {
     403: Forbidden,
     404: NotFound,
     405: InvalidRequest,
+    # A standby node (HA failover, or a node just unsealed that is not active yet) redirects to the
+    # active one. Redirects are never followed (the ServiceAccount JWT must go only to VAULT_ADDR), so
+    # it is a transient "not serving here yet": retry within the boot timeout.
+    307: VaultUnavailable,
     # Vault returns 412 while a performance standby has not caught up yet: retry.
     412: VaultUnavailable,
     429: VaultUnavailable,

@@ -175,6 +175,7 @@ def client(fake: FakeVault, token_file: Path) -> WorkerVault:
         (403, Forbidden),
         (404, NotFound),
         (412, VaultUnavailable),
+        (307, VaultUnavailable),
         (429, VaultUnavailable),
         (500, VaultUnavailable),
         (502, VaultUnavailable),
