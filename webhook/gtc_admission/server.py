@@ -79,7 +79,7 @@ ENV_PROMETHEUS_MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
 MAX_WORKERS: Final = 64  # more processes than that in one replica is a typo, not a deployment
 # How often a worker checks that its supervisor is still there (it stops when it is gone: no orphans).
 SUPERVISOR_POLL_SECONDS: Final = 1.0
-# A worker that has not stopped this long after its shutdown timeout is killed.
+# A worker that has not stopped this long after its shutdown could have ended is killed.
 WORKER_KILL_GRACE_SECONDS: Final = 5.0
 # Shutdown drain: the listener is closed, then the server keeps serving until no request has been in
 # progress or started for this long (a review sent just before SIGTERM may still sit in a socket buffer:
@@ -649,7 +649,9 @@ def _supervise(settings: ServerSettings, config: Config, workers: int, main: Wor
                     log.error("worker %s (pid %d) stopped with %d", process.name, process.pid, exitcode)
                     code = _failure_code(exitcode)
             if stopping and kill_at is None:
-                kill_at = time.monotonic() + settings.shutdown_timeout_seconds + WORKER_KILL_GRACE_SECONDS
+                # A worker drains for up to the shutdown timeout, then aiohttp's cleanup may take it again.
+                stop_budget = 2 * settings.shutdown_timeout_seconds + WORKER_KILL_GRACE_SECONDS
+                kill_at = time.monotonic() + stop_budget
             if kill_at is not None and time.monotonic() > kill_at:
                 for process in running:
                     log.error("worker %s (pid %d) did not stop in time: killed", process.name, process.pid)
