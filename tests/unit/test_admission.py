@@ -76,6 +76,10 @@ def test_depth_limit_is_exact() -> None:
         pytest.param(b'{"a": 1', "not valid JSON", id="truncated"),
         pytest.param(b"\xff\xfe{}", "not UTF-8", id="not-utf8"),
         pytest.param(b'{"a": NaN}', "not valid JSON", id="nan"),
+        pytest.param(b'{"a": -Infinity}', "not valid JSON", id="infinity"),
+        pytest.param(b'{"a": 1e999}', "not valid JSON", id="overflowing-number"),
+        pytest.param(b'{"a": "\\ud800"}', "not valid JSON", id="lone-surrogate"),
+        pytest.param(b'{"a": 1} {}', "not valid JSON", id="two-documents"),
         pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested deeper", id="deep-arrays"),
         pytest.param(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "nested deeper", id="deep-objects"),
         pytest.param(b"[" * 1_000_000, "nested deeper", id="deep-unclosed"),
@@ -90,6 +94,23 @@ def test_decode_body_errors(raw: bytes, expected: str) -> None:
         decode_body(raw)
     assert caught.value.status == 400
     assert expected in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"token": "' + CANARY.encode() + b'", oops}',
+        b'{"token": "' + CANARY.encode() + b'\\x"}',
+        b'{"token": "' + CANARY.encode(),
+        b'{"token": "' + CANARY.encode() + b'\xff"}',
+    ],
+)
+def test_decode_errors_do_not_echo_the_body(raw: bytes) -> None:
+    """A decoding error names the problem and the position, never the text around it."""
+    with pytest.raises(BadRequest) as caught:
+        decode_body(raw)
+    assert CANARY not in caught.value.message
+    assert "CANARY" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from gtc_admission import constants as c
-from gtc_admission.metrics import LABEL_OTHER, LABEL_UNKNOWN, RULE_NONE, Metrics
+from gtc_admission.metrics import LABEL_OTHER, LABEL_UNKNOWN, MAX_CACHED_LABEL_SETS, RULE_NONE, Metrics
 
 
 def reviews(m: Metrics, endpoint: str, decision: str, rule: str) -> float:
@@ -61,6 +61,35 @@ def test_each_rule_counts_once_per_review() -> None:
     assert reviews(m, "mutate", "denied", c.RULE_TENANT_MISMATCH) == 1
     assert reviews(m, "mutate", "denied", RULE_NONE) == 0
     assert latency_count(m, "mutate", "denied") == 1
+
+
+def test_every_review_counts_with_the_same_labels() -> None:
+    """Label children are looked up once per label set, yet every review is counted."""
+    m = Metrics()
+    for _ in range(3):
+        m.observe_review(
+            endpoint="mutate", decision="denied", rules=(c.RULE_ROUTER_BADGE,), seconds=0.0, dry_run=False
+        )
+        m.observe_review(endpoint="mutate", decision="allowed", rules=[], seconds=0.0, dry_run=False)
+    assert reviews(m, "mutate", "denied", c.RULE_ROUTER_BADGE) == 3
+    assert reviews(m, "mutate", "allowed", RULE_NONE) == 3
+    assert latency_count(m, "mutate", "denied") == 3
+
+
+def test_labels_not_ours_are_counted_but_not_cached() -> None:
+    """Text that is not one of our words (endpoint, decision, rule) cannot grow the label-child cache."""
+    m = Metrics()
+    for index in range(MAX_CACHED_LABEL_SETS + 10):
+        m.observe_review(
+            endpoint=f"CANARY-{index}",
+            decision="denied",
+            rules=(f"CANARY-{index}",),
+            seconds=0.0,
+            dry_run=False,
+        )
+    assert reviews(m, LABEL_OTHER, "denied", LABEL_UNKNOWN) == MAX_CACHED_LABEL_SETS + 10
+    assert b"CANARY" not in m.exposition()
+    assert len(m._children) == 0
 
 
 def test_dry_run_changes_no_metric() -> None:

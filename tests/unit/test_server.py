@@ -117,6 +117,26 @@ def test_audit_line_is_compact_sorted_json_with_time() -> None:
     assert line == '{"decision":"allowed","time":"2024-01-02T03:04:05.000Z","uid":"u"}'
 
 
+def test_audit_line_is_ascii_whatever_the_names() -> None:
+    """Non-ASCII names (a client may send them) are escaped as \\uXXXX: one ASCII line, same record."""
+    record = {"uid": "u", "name": "caf\u00e9-\u0440\u043e\u0434-\U0001f600", "user": "line\nbreak\u2028"}
+    moment = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    line = audit_line(record, moment)
+    assert line.isascii() and "\n" not in line
+    assert "\\u00e9" in line and "\\ud83d\\ude00" in line
+    assert json.loads(line) == {**record, "time": "2024-01-02T03:04:05.000Z"}
+
+
+def test_audit_line_text_does_not_depend_on_the_encoder() -> None:
+    """An ASCII record gives exactly the text of json.dumps(compact, sorted): the format is stable."""
+    record = {"uid": "u", "rules": ["a", "b"], "dryRun": False, "env": None, "z": {"y": 1, "x": '\t"/'}}
+    moment = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    expected = json.dumps(
+        {**record, "time": "2024-01-02T03:04:05.000Z"}, separators=(",", ":"), sort_keys=True
+    )
+    assert audit_line(record, moment) == expected
+
+
 def test_audit_writer_flushes_every_line() -> None:
     """Each record is written as one line and flushed at once."""
 

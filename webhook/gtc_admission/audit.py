@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TextIO
 
+import orjson
+
 FIELD_TIME: Final = "time"
 
 
@@ -28,8 +30,17 @@ def rfc3339_utc(moment: dt.datetime) -> str:
 
 
 def audit_line(record: Mapping[str, Any], moment: dt.datetime) -> str:
-    """The record with its time, as one compact JSON line (keys sorted, so lines are comparable)."""
-    return json.dumps({**record, FIELD_TIME: rfc3339_utc(moment)}, separators=(",", ":"), sort_keys=True)
+    """The record with its time, as one compact JSON line (keys sorted, so lines are comparable).
+
+    ASCII only (non-ASCII as ``\\uXXXX``), so that the line survives any stdout encoding. orjson writes
+    it (several times faster than ``json``) when the record is ASCII, which names from the API server
+    almost always are; otherwise ``json`` escapes it, to the same text.
+    """
+    stamped = {**record, FIELD_TIME: rfc3339_utc(moment)}
+    line = orjson.dumps(stamped, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    if line.isascii():
+        return line
+    return json.dumps(stamped, separators=(",", ":"), sort_keys=True)
 
 
 class AuditWriter:

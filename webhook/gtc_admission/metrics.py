@@ -12,7 +12,7 @@ histogram's ``_count``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -33,6 +33,12 @@ LABEL_OTHER: Final = "other"
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+# Label children kept per (endpoint, decision, rules fired): a handful occur; the cap only bounds the
+# cache should a future caller pass many rule combinations.
+MAX_CACHED_LABEL_SETS: Final = 256
+
+# The counters (one per rule label) and the histogram child one review is counted in.
+_Children = tuple[tuple[Any, ...], Any]
 
 
 def _endpoint(endpoint: str) -> str:
@@ -69,6 +75,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, tuple[str, ...]], _Children] = {}
         self._bad_requests = Counter(
             "gtc_admission_bad_requests",
             "Requests refused with an HTTP 4xx before any decision, by endpoint and status code.",
@@ -82,11 +89,37 @@ class Metrics:
         """Count a decided review. A dryRun review changes nothing: it did not admit anything."""
         if dry_run:
             return
+        key = (endpoint, decision, tuple(rules))
+        children = self._children.get(key)
+        if children is None:
+            children = self._children_for(endpoint, decision, key[2])
+        counters, latency = children
+        for counter in counters:
+            counter.inc()
+        latency.observe(max(seconds, 0.0))
+
+    def _children_for(self, endpoint: str, decision: str, rules: tuple[str, ...]) -> _Children:
+        # labels() takes a lock and builds the label tuple on every call; a review is counted under a few
+        # fixed combinations only, so their children are looked up once. The key is bounded: an endpoint
+        # and a decision that are not ours are never a key (they fall back to uncached lookups), and rule
+        # tuples are made of the core's rule ids, in the order the core found them.
         endpoint_label, decision_label = _endpoint(endpoint), _decision(decision)
         fired = sorted({_rule(rule) for rule in rules}) or [RULE_NONE]
-        for rule in fired:
-            self._reviews.labels(endpoint=endpoint_label, decision=decision_label, rule=rule).inc()
-        self._latency.labels(endpoint=endpoint_label, decision=decision_label).observe(max(seconds, 0.0))
+        children: _Children = (
+            tuple(
+                self._reviews.labels(endpoint=endpoint_label, decision=decision_label, rule=rule)
+                for rule in fired
+            ),
+            self._latency.labels(endpoint=endpoint_label, decision=decision_label),
+        )
+        if (
+            endpoint == endpoint_label
+            and decision == decision_label
+            and all(rule in KNOWN_RULES for rule in rules)
+            and len(self._children) < MAX_CACHED_LABEL_SETS
+        ):
+            self._children[(endpoint, decision, rules)] = children
+        return children
 
     def observe_bad_request(self, *, endpoint: str, status: int) -> None:
         self._bad_requests.labels(endpoint=_endpoint(endpoint), status=_status(status)).inc()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Protocol, TextIO
 
+import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -222,6 +223,12 @@ async def _review(request: web.Request, endpoint: Endpoint) -> web.Response:
             _log_internal_error("internal error while answering internal error", error_id, endpoint, inner)
             return web.json_response(_last_resort_review(body, error_id))
     elapsed = time.perf_counter() - started
+    try:
+        answer = orjson.dumps(outcome.review)
+    except orjson.JSONEncodeError as exc:  # a review handler that put a non-JSON value into its answer
+        error_id = _new_error_id()
+        _log_internal_error("cannot encode the answer", error_id, endpoint, exc)
+        return web.json_response(_last_resort_review(body, error_id))
 
     try:
         state.audit.write(outcome.audit)
@@ -235,7 +242,7 @@ async def _review(request: web.Request, endpoint: Endpoint) -> web.Response:
         seconds=elapsed,
         dry_run=outcome.dry_run,
     )
-    return web.json_response(outcome.review)
+    return web.Response(body=answer, content_type=JSON_CONTENT_TYPE)
 
 
 async def _mutate(request: web.Request) -> web.Response:
