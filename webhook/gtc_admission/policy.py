@@ -35,6 +35,10 @@ CONTROLLER_TEMPLATES: Final[Mapping[tuple[str, str], tuple[str, ...]]] = {
     ("batch", "Job"): ("spec", "template"),
     ("batch", "CronJob"): ("spec", "jobTemplate", "spec", "template"),
 }
+# The field-path prefix of each judged part in messages: "" for a Pod, "spec.template." for a Deployment.
+_PREFIXES: Final[Mapping[tuple[str, ...], str]] = {
+    path: "".join(f"{key}." for key in path) for path in ((), *CONTROLLER_TEMPLATES.values())
+}
 POD_CONTAINER_LISTS: Final = ("containers", "initContainers")  # what the worker mutation touches
 ALL_CONTAINER_LISTS: Final = ("containers", "initContainers", "ephemeralContainers")
 SUBRESOURCE_EPHEMERAL: Final = "ephemeralcontainers"
@@ -133,8 +137,9 @@ def _dicts(value: object, *path: object) -> list[Mapping[str, Any]]:
         return []
     if not isinstance(value, list):
         raise InvalidObject(_where(path), "a list")
-    for index, item in enumerate(value):
+    for item in value:
         if not isinstance(item, dict):
+            index = next(i for i, entry in enumerate(value) if not isinstance(entry, dict))
             raise InvalidObject(f"{_where(path)}[{index}]", "an object")
     return value
 
@@ -163,11 +168,19 @@ def being_deleted(obj: Mapping[str, Any]) -> bool:
 
 def classify(labels: Mapping[str, Any], selectors: Selectors) -> Component:
     """matchLabels semantics. A pod matching both selectors is a worker: it then gets every worker rule."""
-    if all(labels.get(key) == value for key, value in selectors.worker.items()):
+    if _matches(labels, selectors.worker):
         return c.COMPONENT_WORKER
-    if all(labels.get(key) == value for key, value in selectors.router.items()):
+    if _matches(labels, selectors.router):
         return c.COMPONENT_ROUTER
     return c.COMPONENT_OTHER
+
+
+def _matches(labels: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
+    # A loop, not all(<generator>): this runs twice per review, and a generator costs more than the test.
+    for key, value in selector.items():  # noqa: SIM110
+        if labels.get(key) != value:
+            return False
+    return True
 
 
 def effective_service_account(spec: Mapping[str, Any], prefix: str) -> tuple[str, str | None]:
@@ -440,12 +453,15 @@ def _plan_env(
                 overrides.append(Override(f"{where}.env[{ei}]", _container_name(container), name))
         elif name in settings.identity:
             seen.add(name)  # a different value is tenant-mismatch (a denial), never silently rewritten
-    append = tuple({"name": name, "value": value} for name, value in settings.added if name not in seen)
+    if seen:
+        append = [{"name": name, "value": value} for name, value in settings.added if name not in seen]
+    else:  # the usual case: nothing of ours is set yet
+        append = [{"name": name, "value": value} for name, value in settings.added]
     if env_value is None:
         if append:
-            edits.append(SetMember(at, "env", list(append)))
+            edits.append(SetMember(at, "env", append))
     elif replace or append:
-        edits.append(ListEdit((*at, "env"), tuple(replace), append))
+        edits.append(ListEdit((*at, "env"), tuple(replace), tuple(append)))
 
 
 def _plan_mount(
@@ -669,7 +685,7 @@ def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: B
     component: Component | None = None
     try:
         root = _template(obj, path)
-        prefix = "".join(f"{key}." for key in path)
+        prefix = _PREFIXES[path]
         metadata = _metadata(root, prefix)
         labels = _mapping(metadata.get("labels"), prefix, "metadata.labels") if metadata is not None else None
         component = classify(labels or {}, config.selectors)
