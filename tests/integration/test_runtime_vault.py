@@ -31,9 +31,10 @@ from gtc_secrets.resolve import MissingSecret, WrongTransitKey, resolve_from_vau
 from gtc_secrets.seed import HvacAdminVault, put_secret
 from gtc_secrets.settings import AdminSettings, RuntimeSettings, VaultWorkerSettings
 from gtc_secrets.vault import (
-    AiohttpTransport,
+    DEFAULT_CONNECTIONS,
     Forbidden,
     Method,
+    PipelinedTransport,
     Response,
     VaultPaths,
     WorkerVault,
@@ -83,9 +84,9 @@ async def resolve(environ: Mapping[str, str], refs: list[SecretRef]) -> dict[Sec
 
 
 class Recording:
-    """A spy at the Transport seam around the real aiohttp transport: (method, path, status, token)."""
+    """A spy at the Transport seam around the real transport: (method, path, status, token)."""
 
-    def __init__(self, inner: AiohttpTransport) -> None:
+    def __init__(self, inner: PipelinedTransport) -> None:
         self.inner = inner
         self.log: list[tuple[str, str, int, str | None]] = []
 
@@ -104,7 +105,7 @@ def worker_client(
     bootstrapped: Bootstrapped, token_file: Path, *, role: str = "gtc-prod-acme", **kw: Any
 ) -> tuple[WorkerVault, Recording]:
     transport = Recording(
-        AiohttpTransport(bootstrapped.openbao.addr, make_ssl_context(Path(bootstrapped.openbao.ca_file)))
+        PipelinedTransport(bootstrapped.openbao.addr, make_ssl_context(Path(bootstrapped.openbao.ca_file)))
     )
     return WorkerVault(transport, PATHS, role=role, token_path=token_file, **kw), transport
 
@@ -163,22 +164,45 @@ async def test_worker_logs_in_reads_and_decrypts_a_seeded_secret(bootstrapped: B
     assert CANARY not in bootstrapped.openbao.audit_log.read_text()
 
 
+async def seed_and_resolve(bootstrapped: Bootstrapped, refs: list[SecretRef], prefix: str) -> int:
+    """Seed ``<prefix>-<i>`` for each reference, resolve them all as an acme worker, check every value;
+    the audit log position before the resolution."""
+    for i, ref in enumerate(refs):
+        seed(bootstrapped, ref, f"{prefix}-{i}")
+    since = len(bootstrapped.openbao.audit_entries())
+    values = await resolve(worker_environ(bootstrapped, bootstrapped.worker_token("acme-prod")), refs)
+    assert {r: v.reveal_bytes() for r, v in values.items()} == {
+        r: f"{prefix}-{i}".encode() for i, r in enumerate(refs)
+    }
+    return since
+
+
 async def test_many_references_one_login_one_batch_decrypt(bootstrapped: Bootstrapped) -> None:
     """12 references (two teams): 1 login, 12 KV reads, exactly 1 transit decrypt call, all values right."""
     refs = [acme(f"many{i}", team="core" if i % 3 else "default") for i in range(12)]
-    for i, ref in enumerate(refs):
-        seed(bootstrapped, ref, f"value-{i}")
-    since = len(bootstrapped.openbao.audit_entries())
-
-    values = await resolve(worker_environ(bootstrapped, bootstrapped.worker_token("acme-prod")), refs)
-
-    assert {r: v.reveal_bytes() for r, v in values.items()} == {
-        r: f"value-{i}".encode() for i, r in enumerate(refs)
-    }
+    since = await seed_and_resolve(bootstrapped, refs, "value")
     requests = audit_requests(bootstrapped, since=since, namespace="acme-prod")
     assert [p for _, p in requests].count("auth/kubernetes/login") == 1
     assert sum(1 for _, p in requests if p.startswith("secret/data/")) == 12
     assert [p for _, p in requests if p.startswith("transit/")] == ["transit/decrypt/gtc-prod-acme"]
+
+
+async def test_many_references_share_a_few_pipelined_connections(bootstrapped: Bootstrapped) -> None:
+    """40 references, as a booting worker resolves them: all values right, and every request came over at
+    most DEFAULT_CONNECTIONS TCP connections (the client ports in Vault's audit log), the reads spread over
+    more than one of them (pipelined: 40 reads, a handful of connections)."""
+    since = await seed_and_resolve(bootstrapped, [acme(f"pipelined{i:02d}") for i in range(40)], CANARY)
+    ports: dict[str, set[int]] = {"login": set(), "kv": set(), "transit": set()}
+    for entry in bootstrapped.openbao.audit_entries()[since:]:
+        request = entry.get("request", {})
+        path = request.get("path", "")
+        kind = "login" if path == "auth/kubernetes/login" else path.partition("/")[0]
+        kind = {"secret": "kv"}.get(kind, kind)
+        if entry.get("type") == "request" and kind in ports:
+            ports[kind].add(request["remote_port"])
+    every = set().union(*ports.values())
+    assert len(ports["login"]) == len(ports["transit"]) == 1
+    assert 1 < len(ports["kv"]) <= len(every) <= DEFAULT_CONNECTIONS
 
 
 async def test_put_through_the_cli_then_get(
