@@ -364,6 +364,43 @@ def test_mutate_judges_the_pod_after_its_patch() -> None:
     assert c.RULE_DEV_SECRET_REFERENCE in as_sent.rules and as_sent.decision == "denied"
 
 
+@pytest.mark.parametrize("wrap", [pytest.param(False, id="pod"), pytest.param(True, id="deployment")])
+def test_only_the_entries_the_patch_replaces_stop_counting(wrap: bool) -> None:
+    """Next to a replaced reference, a reference the patch keeps still denies, named by its own path."""
+    dev_ref = {"secretKeyRef": {"name": DEV_SECRET, "key": "a"}}
+    obj = pod(
+        containers=[
+            container(env=[{"name": "APP_KEY", "valueFrom": dev_ref}]),
+            container(
+                "side",
+                env=[
+                    {"name": c.ENV_VAULT_ADDR, "valueFrom": dev_ref},
+                    {"name": "APP_KEY", "valueFrom": dev_ref},
+                ],
+            ),
+        ],
+        volumes=[
+            {"name": c.VAULT_TOKEN_VOLUME, "secret": {"secretName": DEV_SECRET}},
+            {"name": "legacy", "secret": {"secretName": DEV_SECRET}},
+        ],
+    )
+    outcome = run(controller("Deployment", obj) if wrap else obj)
+    assert outcome.decision == "denied"
+    prefix = "spec.template." if wrap else ""
+    message = outcome.review["response"]["status"]["message"]
+    expected = ", ".join(
+        f"{prefix}spec.{path}"
+        for path in (
+            "containers[0].env[0].valueFrom.secretKeyRef.name",
+            "containers[1].env[1].valueFrom.secretKeyRef.name",
+            "volumes[1].secret.secretName",
+        )
+    )
+    assert f"at {expected}" in message
+    assert "env[0].valueFrom" not in message.split("containers[1]")[1]
+    assert "volumes[0]" not in message
+
+
 # --- tenant-mismatch --------------------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from typing import Any, Final, Literal
 from gtc_admission import constants as c
 from gtc_admission.bindings import BindingSource
 from gtc_admission.config import Config, Enforcement, Environment, NamespaceBinding, Selectors, TokenSettings
-from gtc_admission.patch import Edit, ListEdit, SetMember, apply_edits
+from gtc_admission.patch import Edit, ListEdit, SetMember
 from gtc_admission.review import ReviewRequest
 
 Component = Literal["worker", "router", "other"]
@@ -89,10 +89,27 @@ class Override:
     what: str  # the variable name, or a description of the volume / mount
 
 
+# An env entry of the pod by (container list, container index, entry index).
+EnvIndex = tuple[str, int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerPlan:
+    """The worker mutation, and what it changes that the deny rules look at.
+
+    The deny rules judge a worker "as it will be after the patch". Rather than building that pod, they
+    are told what the patch changes: the env entries and volumes it replaces (they are then ours and
+    reference no Secret), and the ServiceAccount it sets. What the patch appends (the Vault env vars,
+    the token volume and mount) references no Secret and carries the binding's own identity, so the
+    rules would find nothing there. tests/unit/test_properties.py checks that this gives the findings
+    of /validate on the patched pod.
+    """
+
     edits: tuple[Edit, ...]
     overrides: tuple[Override, ...]
+    replaced_env: frozenset[EnvIndex] = frozenset()
+    replaced_volumes: frozenset[int] = frozenset()
+    service_account: str | None = None  # set by the patch; None: as sent
 
 
 # --- Small readers: the object may be anything, so every access is type-checked. ------------------------
@@ -198,9 +215,17 @@ def effective_service_account(spec: Mapping[str, Any], prefix: str) -> tuple[str
 
 
 def forbidden_references(
-    spec: Mapping[str, Any], forbidden: frozenset[str], prefix: str
+    spec: Mapping[str, Any],
+    forbidden: frozenset[str],
+    prefix: str,
+    *,
+    replaced_env: frozenset[EnvIndex] = frozenset(),
+    replaced_volumes: frozenset[int] = frozenset(),
 ) -> list[tuple[str, str]]:
-    """Every place the pod spec names a forbidden Secret, as (field path, secret name), in document order."""
+    """Every place the pod spec names a forbidden Secret, as (field path, secret name), in document order.
+
+    Env entries and volumes that the worker patch replaces are skipped: after the patch they are ours.
+    """
     found: list[tuple[str, str]] = []
     if not forbidden:
         return found
@@ -221,7 +246,7 @@ def forbidden_references(
             if env is not None:
                 for ei, entry in enumerate(_dicts(env, *at, ".env")):
                     value_from = entry.get("valueFrom")
-                    if value_from is None:
+                    if value_from is None or (replaced_env and (list_name, ci, ei) in replaced_env):
                         continue
                     where = (*at, ".env[", ei, "].valueFrom")
                     ref = _mapping(_object(value_from, *where).get("secretKeyRef"), *where, ".secretKeyRef")
@@ -239,7 +264,7 @@ def forbidden_references(
         for vi, volume in enumerate(_dicts(volumes, prefix, "spec.volumes")):
             secret = volume.get("secret")
             projected = volume.get("projected")
-            if secret is None and projected is None:
+            if (secret is None and projected is None) or vi in replaced_volumes:
                 continue
             vat = (prefix, "spec.volumes[", vi, "]")
             if secret is not None:
@@ -376,9 +401,12 @@ def plan_worker(
     """The edits that put a worker pod (or template) on Vault; empty when it already is (reinvocation)."""
     edits: list[Edit] = []
     overrides: list[Override] = []
+    replaced_env: set[EnvIndex] = set()
 
     effective, alias = effective_service_account(spec, prefix)
+    service_account: str | None = None
     if effective in ("", c.DEFAULT_SERVICE_ACCOUNT):
+        service_account = badge
         edits.append(SetMember(("spec",), "serviceAccountName", badge))
         if alias:
             # Keep the deprecated alias consistent, so no reader of the old field sees "default".
@@ -389,8 +417,11 @@ def plan_worker(
         for ci, container in enumerate(_dicts(spec.get(list_name), list_path)):
             where = f"{list_path}[{ci}]"
             at: tuple[str, str, int] = ("spec", list_name, ci)
-            for plan_part in (_plan_env, _plan_mount):
-                plan_part(container, where=where, at=at, settings=settings, edits=edits, overrides=overrides)
+            replaced = _plan_env(
+                container, where=where, at=at, settings=settings, edits=edits, overrides=overrides
+            )
+            replaced_env.update((list_name, ci, ei) for ei in replaced)
+            _plan_mount(container, where=where, at=at, settings=settings, edits=edits, overrides=overrides)
 
     volumes_value = spec.get("volumes")
     replace: list[tuple[int, Any]] = []
@@ -425,7 +456,13 @@ def plan_worker(
             edits.append(
                 SetMember(("metadata", "annotations"), c.ANNOTATION_SECRETS_BACKEND, c.BACKEND_VAULT)
             )
-    return WorkerPlan(tuple(edits), tuple(overrides))
+    return WorkerPlan(
+        tuple(edits),
+        tuple(overrides),
+        frozenset(replaced_env),
+        frozenset(index for index, _ in replace),
+        service_account,
+    )
 
 
 def _plan_env(
@@ -436,7 +473,8 @@ def _plan_env(
     settings: WorkerSettings,
     edits: list[Edit],
     overrides: list[Override],
-) -> None:
+) -> list[int]:
+    """Plans the container's env (into ``edits`` and ``overrides``); the indices of the replaced entries."""
     env_value = container.get("env")
     replace: list[tuple[int, Any]] = []
     seen: set[str] = set()
@@ -462,6 +500,7 @@ def _plan_env(
             edits.append(SetMember(at, "env", append))
     elif replace or append:
         edits.append(ListEdit((*at, "env"), tuple(replace), tuple(append)))
+    return [index for index, _ in replace]
 
 
 def _plan_mount(
@@ -526,17 +565,29 @@ def deny_rules(
     settings: WorkerSettings | None,
     *,
     validating_pod: bool,
+    planned: WorkerPlan | None = None,
 ) -> list[Finding]:
     """The deny rules on one pod (or template): dev-secret-reference, worker-service-account,
-    tenant-mismatch, router-badge."""
+    tenant-mismatch, router-badge. With ``planned``, on the pod as it will be after that worker patch."""
     spec = _spec(root, prefix)
     findings: list[Finding] = []
-    refs = forbidden_references(spec, config.forbidden_secrets, prefix)
+    if planned is None:
+        refs = forbidden_references(spec, config.forbidden_secrets, prefix)
+    else:
+        refs = forbidden_references(
+            spec,
+            config.forbidden_secrets,
+            prefix,
+            replaced_env=planned.replaced_env,
+            replaced_volumes=planned.replaced_volumes,
+        )
     if refs:
         findings.append(_dev_secret_finding(refs))
     badge = config.service_account
     if component == c.COMPONENT_WORKER:
         effective, _ = effective_service_account(spec, prefix)
+        if planned is not None and planned.service_account is not None:
+            effective = planned.service_account
         if effective != badge:
             shown = _show(effective) if effective else "(none)"
             hint = (
@@ -713,15 +764,19 @@ def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: B
             settings = worker_settings(env, binding, config.vault_token)
             plan = plan_worker(root, _spec(root, prefix), prefix, settings, config.service_account)
         validating_pod = kind == "pod" and not mutating
-        if validating_pod:
-            judged: Mapping[str, Any] = root
-            phase: Literal["mutate", "validate", "template"] = "validate"
-        else:
-            judged = apply_edits(root, plan.edits) if plan.edits else root
-            phase = "mutate" if kind == "pod" else "template"
+        # /validate of a Pod judges it as sent; the others as it will be after the patch.
+        phase: Literal["mutate", "validate", "template"] = (
+            "validate" if validating_pod else "mutate" if kind == "pod" else "template"
+        )
         findings_list = [_override_finding(override, phase) for override in plan.overrides]
         findings_list += deny_rules(
-            judged, prefix, component, config, settings, validating_pod=validating_pod
+            root,
+            prefix,
+            component,
+            config,
+            settings,
+            validating_pod=validating_pod,
+            planned=None if validating_pod else plan,
         )
         edits = plan.edits if kind == "pod" and mutating else ()
         return Verdict(tuple(findings_list), edits, component, binding, enforcement)
