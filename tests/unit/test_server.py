@@ -309,7 +309,14 @@ async def test_body_over_the_limit_is_413(make: Callable[..., Awaitable[App]]) -
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/mutate", 405), ("PUT", "/validate", 405), ("GET", "/nowhere", 404), ("POST", "/healthz", 405)],
+    [
+        ("GET", "/mutate", 405),
+        ("PUT", "/validate", 405),
+        ("GET", "/nowhere", 404),
+        ("POST", "/nowhere/deeper", 404),
+        ("POST", "/healthz", 405),
+        ("DELETE", "/metrics", 405),
+    ],
 )
 async def test_routing_errors_have_json_bodies(
     make: Callable[..., Awaitable[App]], method: str, path: str, status: int
@@ -321,7 +328,7 @@ async def test_routing_errors_have_json_bodies(
     assert response.content_type == "application/json"
     assert "error" in await response.json()
     if status == 405:
-        assert "Allow" in response.headers
+        assert response.headers["Allow"] == ("POST" if path in ("/mutate", "/validate") else "GET,HEAD")
 
 
 # --------------------------------------------------------------------------------------------
