@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from gtc_admission import constants as c
 from gtc_admission.admission import Outcome, handle_review
-from gtc_admission.audit import AuditWriter, audit_line, rfc3339_utc
+from gtc_admission.audit import AuditWriter, Timestamps, audit_line, rfc3339_utc
 from gtc_admission.bindings import BindingSource, StaticBindings
 from gtc_admission.config import Config, load_config
 from gtc_admission.namespace_cache import CacheSettings, NamespaceCache
@@ -117,6 +117,31 @@ def test_audit_line_is_compact_sorted_json_with_time() -> None:
     assert line == '{"decision":"allowed","time":"2024-01-02T03:04:05.000Z","uid":"u"}'
 
 
+@pytest.mark.parametrize(
+    "moment",
+    [
+        dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=dt.UTC),
+        dt.datetime(2024, 12, 31, 23, 59, 59, 999000, tzinfo=dt.UTC),
+        dt.datetime(2025, 1, 1, 0, 0, 0, 0, tzinfo=dt.UTC),
+        dt.datetime(2024, 2, 29, 7, 8, 9, 5000, tzinfo=dt.UTC),
+    ],
+)
+def test_timestamps_match_rfc3339_utc(moment: dt.datetime) -> None:
+    """The writer's cached formatting gives exactly rfc3339_utc's text, across second and year changes."""
+    stamps = Timestamps()
+    assert stamps.format(moment.timestamp() - 1.5)  # another second first: the cache must follow
+    assert stamps.format(moment.timestamp()) == rfc3339_utc(moment)
+
+
+def test_timestamps_agree_with_datetime_over_many_instants() -> None:
+    """Any instant, stamped in order (the cache hit and missed), reads as datetime.fromtimestamp does."""
+    stamps = Timestamps()
+    start = dt.datetime(2026, 12, 31, 23, 59, 58, tzinfo=dt.UTC).timestamp()
+    for step in range(0, 4_000_000, 997):  # about 4,000 instants over 4 s, a year change among them
+        epoch = start + step / 1_000_000
+        assert stamps.format(epoch) == rfc3339_utc(dt.datetime.fromtimestamp(epoch, dt.UTC))
+
+
 def test_audit_line_is_ascii_whatever_the_names() -> None:
     """Non-ASCII names (a client may send them) are escaped as \\uXXXX: one ASCII line, same record."""
     record = {"uid": "u", "name": "caf\u00e9-\u0440\u043e\u0434-\U0001f600", "user": "line\nbreak\u2028"}
@@ -148,7 +173,7 @@ def test_audit_writer_flushes_every_line() -> None:
             super().flush()
 
     stream = Stream()
-    writer = AuditWriter(stream, clock=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+    writer = AuditWriter(stream, clock=lambda: dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp())
     writer.write({"uid": "a"})
     writer.write({"uid": "b"})
     assert stream.getvalue().splitlines() == [

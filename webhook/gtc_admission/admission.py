@@ -209,12 +209,13 @@ def _response(
 def _outcome(
     request: ReviewRequest, endpoint: Endpoint, verdict: Verdict
 ) -> tuple[Outcome, tuple[Edit, ...]]:
-    blocking: list[Finding] = [f for f in verdict.findings if f.blocking]
-    advisory: list[Finding] = [f for f in verdict.findings if not f.blocking]
+    findings = verdict.findings
+    blocking: list[Finding] = [f for f in findings if f.blocking] if findings else []
+    advisory: list[Finding] = [f for f in findings if not f.blocking] if findings else []
     enforcement = verdict.enforcement
     # No environment applies (cache not synced, unknown environment): fail closed.
     denied = bool(blocking) and enforcement in (None, "deny")
-    rules = _unique([f.rule for f in verdict.findings])
+    rules = _unique([f.rule for f in findings]) if findings else ()
 
     edits: tuple[Edit, ...] = ()
     patch: list[dict[str, Any]] = []
@@ -225,10 +226,11 @@ def _outcome(
     else:
         edits = verdict.edits
         patch = to_json_patch(edits) if edits else []
-        warnings = [f.warning for f in advisory]
-        if blocking and enforcement == "warn":
-            warnings += [f.warning for f in blocking]
-        warnings = _cap_warnings(warnings)
+        if findings:
+            warnings = [f.warning for f in advisory]
+            if blocking and enforcement == "warn":
+                warnings += [f.warning for f in blocking]
+            warnings = _cap_warnings(warnings)
     decision: Decision = "denied" if denied else ("warned" if warnings else "allowed")
 
     binding = verdict.binding
@@ -248,7 +250,7 @@ def _outcome(
         "team": binding.team if binding is not None else None,
         "decision": decision,
         "rules": list(rules),
-        "messages": [f"[{f.rule}] {f.message}" for f in verdict.findings],
+        "messages": [f"[{f.rule}] {f.message}" for f in findings],
         "patched": [operation["path"] for operation in patch],
         "enforcement": enforcement,
     }

@@ -91,6 +91,7 @@ class Override:
 
 # An env entry of the pod by (container list, container index, entry index).
 EnvIndex = tuple[str, int, int]
+_NOTHING_REPLACED: Final[frozenset[Any]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +421,8 @@ def plan_worker(
             replaced = _plan_env(
                 container, where=where, at=at, settings=settings, edits=edits, overrides=overrides
             )
-            replaced_env.update((list_name, ci, ei) for ei in replaced)
+            if replaced:
+                replaced_env.update((list_name, ci, ei) for ei in replaced)
             _plan_mount(container, where=where, at=at, settings=settings, edits=edits, overrides=overrides)
 
     volumes_value = spec.get("volumes")
@@ -459,8 +461,8 @@ def plan_worker(
     return WorkerPlan(
         tuple(edits),
         tuple(overrides),
-        frozenset(replaced_env),
-        frozenset(index for index, _ in replace),
+        frozenset(replaced_env) if replaced_env else _NOTHING_REPLACED,
+        frozenset(index for index, _ in replace) if replace else _NOTHING_REPLACED,
         service_account,
     )
 
@@ -500,7 +502,7 @@ def _plan_env(
             edits.append(SetMember(at, "env", append))
     elif replace or append:
         edits.append(ListEdit((*at, "env"), tuple(replace), tuple(append)))
-    return [index for index, _ in replace]
+    return [index for index, _ in replace] if replace else []
 
 
 def _plan_mount(
