@@ -366,6 +366,9 @@ class Settings:
 def bench_admission(s: Settings) -> dict[str, Any]:
     """Ours against the floor, interleaved: per pod, throughput at 16 connections and latency at 1."""
     samples: dict[tuple[str, str, str], list[Load]] = {}
+    # Server CPU per review under the throughput load: what each review costs the server, whether or not
+    # wrk (which shares the 2 cores) was what limited the reviews per second.
+    cpu_us: dict[tuple[str, str], list[float]] = {}
     with floor_server(s.workdir, s.certs) as floor, gtc_admission("ours", s.workdir, s.certs) as ours:
         check_answers(ours, s.bodies)
         for server in (floor, ours):  # warm up: first connections, caches, allocator
@@ -378,8 +381,12 @@ def bench_admission(s: Settings) -> dict[str, Any]:
                     ("latency", LATENCY_CONNECTIONS),
                 ):
                     for server in order:
+                        cpu_before = server.cpu_seconds()
                         load = wrk(server.url(), [s.bodies[pod]], connections=connections, seconds=s.duration)
                         samples.setdefault((server.name, pod, mode), []).append(load)
+                        if mode == "throughput" and load.requests:
+                            used = server.cpu_seconds() - cpu_before
+                            cpu_us.setdefault((server.name, pod), []).append(used / load.requests * 1e6)
                         note(
                             f"admission {round_index + 1}/{s.rounds} {pod:7} {mode:10} {server.name:5}: "
                             f"{load.per_second:8.0f}/s p50 {load.p50_us / 1000:6.2f} ms "
@@ -396,7 +403,11 @@ def bench_admission(s: Settings) -> dict[str, Any]:
                 "p50_ms": median([load.p50_us for load in latency]) / 1000,
                 "p99_ms": median([load.p99_us for load in latency]) / 1000,
                 "errors": sum(load.errors for load in throughput + latency),
+                "cpu_us_per_review": median(cpu_us[(name, pod)]),
             }
+        row["cpu_ratio"] = median(
+            [f / o for f, o in zip(cpu_us[("floor", pod)], cpu_us[("ours", pod)], strict=True)]
+        )
         # Ratios per round (same round, neighbouring runs), then their median.
         row["throughput_ratio"] = median(
             [
@@ -904,8 +915,8 @@ def render(results: dict[str, Any], info: dict[str, str], settings: Settings, sh
             "",
             "| Pod | floor reviews/s | ours reviews/s | ours / floor (target >= 0.6) "
             "| floor p50 / p99 ms | ours p50 / p99 ms | ours p99 / floor p99 (target <= 2) "
-            "| ours p50 / floor p50 |",
-            "|---|---|---|---|---|---|---|---|",
+            "| ours p50 / floor p50 | server CPU us per review, floor / ours (floor / ours) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for pod in pods.POD_NAMES:
             row = results["admission"][pod]
@@ -917,7 +928,9 @@ def render(results: dict[str, Any], info: dict[str, str], settings: Settings, sh
                 f"| {floor['p50_ms']:.2f} / {floor['p99_ms']:.2f} "
                 f"| {ours['p50_ms']:.2f} / {ours['p99_ms']:.2f} "
                 f"| {row['p99_ratio']:.2f} ({_met(row['p99_ratio'] <= TARGET_P99_RATIO)}) "
-                f"| {row['p50_ratio']:.2f} |"
+                f"| {row['p50_ratio']:.2f} "
+                f"| {floor['cpu_us_per_review']:.0f} / {ours['cpu_us_per_review']:.0f} "
+                f"({row['cpu_ratio']:.2f}) |"
             )
         errors = sum(
             results["admission"][pod][name]["errors"] for pod in pods.POD_NAMES for name in ("floor", "ours")
