@@ -57,7 +57,7 @@ Endpoint = Literal["mutate", "validate"]
 Decision = Literal["allowed", "denied", "warned"]
 
 # Real AdmissionReviews of pods nest about 20 levels (managedFields included); 64 leaves room for any
-# object we judge and still refuses absurd bodies before json.loads recurses into them.
+# object we judge and still refuses absurd bodies before the decoder builds them.
 MAX_JSON_DEPTH: Final = 64
 # Kubernetes caps the total size of warnings; past this many, one line points at the audit log.
 MAX_WARNINGS: Final = 10
@@ -100,7 +100,7 @@ def _nesting(raw: bytes, limit: int) -> Literal["ok", "too deep", "unbalanced"]:
         return "too deep"
     if len(shape) > _ROUNDS_MAX_LENGTH:
         deepest = max(accumulate(array("b", shape.translate(_PARENS_AS_STEPS))))
-        return "too deep" if deepest > limit else "ok"  # json.loads rejects what does not balance
+        return "too deep" if deepest > limit else "ok"  # the decoder rejects what does not balance
     for _ in range(limit):
         if not shape:
             return "ok"
