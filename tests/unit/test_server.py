@@ -461,6 +461,28 @@ async def test_internal_error_answer_failing_still_denies(make: Callable[..., Aw
     assert body["response"]["auditAnnotations"]["rules"] == c.RULE_INTERNAL_ERROR
 
 
+async def test_an_answer_that_is_not_json_still_denies(
+    make: Callable[..., Awaitable[App]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review handler whose answer cannot be encoded: a minimal denial with the uid, the error logged."""
+
+    def unencodable(body: object, **kwargs: Any) -> Outcome:
+        outcome = handle_review(body, **kwargs)
+        outcome.review["response"]["odd"] = {CANARY}  # a set: not JSON
+        return outcome
+
+    app = await make(review_handler=unencodable)
+    with caplog.at_level(logging.ERROR):
+        status, body = await app.post("/mutate", worker_review(uid="unencodable"))
+    assert status == 200
+    assert body["response"]["uid"] == "unencodable"
+    assert body["response"]["allowed"] is False
+    assert body["response"]["auditAnnotations"]["rules"] == c.RULE_INTERNAL_ERROR
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "cannot encode the answer" in logged
+    assert CANARY not in logged
+
+
 async def test_audit_failure_does_not_break_the_answer(
     make: Callable[..., Awaitable[App]], caplog: pytest.LogCaptureFixture
 ) -> None:

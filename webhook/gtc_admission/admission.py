@@ -210,12 +210,12 @@ def _outcome(
     request: ReviewRequest, endpoint: Endpoint, verdict: Verdict
 ) -> tuple[Outcome, tuple[Edit, ...]]:
     findings = verdict.findings
-    blocking: list[Finding] = [f for f in findings if f.blocking] if findings else []
-    advisory: list[Finding] = [f for f in findings if not f.blocking] if findings else []
+    blocking: list[Finding] = [f for f in findings if f.blocking]
+    advisory: list[Finding] = [f for f in findings if not f.blocking]
     enforcement = verdict.enforcement
     # No environment applies (cache not synced, unknown environment): fail closed.
     denied = bool(blocking) and enforcement in (None, "deny")
-    rules = _unique([f.rule for f in findings]) if findings else ()
+    rules = _unique([f.rule for f in findings])
 
     edits: tuple[Edit, ...] = ()
     patch: list[dict[str, Any]] = []
@@ -226,11 +226,10 @@ def _outcome(
     else:
         edits = verdict.edits
         patch = to_json_patch(edits) if edits else []
-        if findings:
-            warnings = [f.warning for f in advisory]
-            if blocking and enforcement == "warn":
-                warnings += [f.warning for f in blocking]
-            warnings = _cap_warnings(warnings)
+        warnings = [f.warning for f in advisory]
+        if blocking and enforcement == "warn":
+            warnings += [f.warning for f in blocking]
+        warnings = _cap_warnings(warnings)
     decision: Decision = "denied" if denied else ("warned" if warnings else "allowed")
 
     binding = verdict.binding

@@ -91,7 +91,6 @@ class Override:
 
 # An env entry of the pod by (container list, container index, entry index).
 EnvIndex = tuple[str, int, int]
-_NOTHING_REPLACED: Final[frozenset[Any]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +110,9 @@ class WorkerPlan:
     replaced_env: frozenset[EnvIndex] = frozenset()
     replaced_volumes: frozenset[int] = frozenset()
     service_account: str | None = None  # set by the patch; None: as sent
+
+
+AS_SENT: Final = WorkerPlan((), ())  # no patch: the rules judge the pod as it was sent
 
 
 # --- Small readers: the object may be anything, so every access is type-checked. ------------------------
@@ -421,8 +423,7 @@ def plan_worker(
             replaced = _plan_env(
                 container, where=where, at=at, settings=settings, edits=edits, overrides=overrides
             )
-            if replaced:
-                replaced_env.update((list_name, ci, ei) for ei in replaced)
+            replaced_env.update((list_name, ci, ei) for ei in replaced)
             _plan_mount(container, where=where, at=at, settings=settings, edits=edits, overrides=overrides)
 
     volumes_value = spec.get("volumes")
@@ -461,8 +462,8 @@ def plan_worker(
     return WorkerPlan(
         tuple(edits),
         tuple(overrides),
-        frozenset(replaced_env) if replaced_env else _NOTHING_REPLACED,
-        frozenset(index for index, _ in replace) if replace else _NOTHING_REPLACED,
+        frozenset(replaced_env),
+        frozenset(index for index, _ in replace),
         service_account,
     )
 
@@ -502,7 +503,7 @@ def _plan_env(
             edits.append(SetMember(at, "env", append))
     elif replace or append:
         edits.append(ListEdit((*at, "env"), tuple(replace), tuple(append)))
-    return [index for index, _ in replace] if replace else []
+    return [index for index, _ in replace]
 
 
 def _plan_mount(
@@ -567,28 +568,25 @@ def deny_rules(
     settings: WorkerSettings | None,
     *,
     validating_pod: bool,
-    planned: WorkerPlan | None = None,
+    planned: WorkerPlan = AS_SENT,
 ) -> list[Finding]:
     """The deny rules on one pod (or template): dev-secret-reference, worker-service-account,
-    tenant-mismatch, router-badge. With ``planned``, on the pod as it will be after that worker patch."""
+    tenant-mismatch, router-badge; on the pod as it will be after the ``planned`` worker patch."""
     spec = _spec(root, prefix)
     findings: list[Finding] = []
-    if planned is None:
-        refs = forbidden_references(spec, config.forbidden_secrets, prefix)
-    else:
-        refs = forbidden_references(
-            spec,
-            config.forbidden_secrets,
-            prefix,
-            replaced_env=planned.replaced_env,
-            replaced_volumes=planned.replaced_volumes,
-        )
+    refs = forbidden_references(
+        spec,
+        config.forbidden_secrets,
+        prefix,
+        replaced_env=planned.replaced_env,
+        replaced_volumes=planned.replaced_volumes,
+    )
     if refs:
         findings.append(_dev_secret_finding(refs))
     badge = config.service_account
     if component == c.COMPONENT_WORKER:
         effective, _ = effective_service_account(spec, prefix)
-        if planned is not None and planned.service_account is not None:
+        if planned.service_account is not None:
             effective = planned.service_account
         if effective != badge:
             shown = _show(effective) if effective else "(none)"
@@ -761,7 +759,7 @@ def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: B
             return Verdict(findings, (), component, binding, enforcement)
 
         settings: WorkerSettings | None = None
-        plan = WorkerPlan((), ())
+        plan = AS_SENT
         if component == c.COMPONENT_WORKER:
             settings = worker_settings(env, binding, config.vault_token)
             plan = plan_worker(root, _spec(root, prefix), prefix, settings, config.service_account)
@@ -778,7 +776,7 @@ def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: B
             config,
             settings,
             validating_pod=validating_pod,
-            planned=None if validating_pod else plan,
+            planned=AS_SENT if validating_pod else plan,
         )
         edits = plan.edits if kind == "pod" and mutating else ()
         return Verdict(tuple(findings_list), edits, component, binding, enforcement)
