@@ -50,6 +50,7 @@ from typing import Any, Final
 import aiohttp
 import hvac
 from tests.support.openbao import OpenBaoServer
+from tests.support.processes import stop_process
 from tests.support.token_review import TokenReviewServer
 
 from bench import pods
@@ -270,13 +271,7 @@ class Server:
         raise RuntimeError(f"{self.name} did not become ready with {self.workers} worker(s) in {timeout:g}s")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, timeout=30)
 
 
 @dataclass(frozen=True)
@@ -727,12 +722,7 @@ def delay_proxy(target_port: int, one_way: float) -> Iterator[int]:
             raise RuntimeError(f"the delay proxy did not start: {line!r}")
         yield int(line.split()[1])
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process, timeout=10)
 
 
 def _request_ms(vault: SeededVault, requests: int = 50) -> float:

@@ -34,6 +34,7 @@ from cryptography import x509
 
 from gtc_admission.tls import generate_certificates, write_certificates
 from tests.support.openbao import find_bao, free_port_pair, parse_audit_log, redact_log
+from tests.support.processes import stop_process
 from tests.unit.test_manifests import (
     DEPLOY,
     KUBECTL,
@@ -105,12 +106,7 @@ def _process(
         try:
             yield process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
+            stop_process(process, timeout=15)
 
 
 def _poll(check: Any, process: subprocess.Popen[bytes], log_file: Path, what: str) -> Any:

@@ -38,6 +38,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
+from tests.support.processes import stop_process
+
 LOOPBACK = "127.0.0.1"
 CONFIG_FILE = "openbao.hcl"
 LISTENER_FILE = "listener.hcl"
@@ -229,13 +231,8 @@ class OpenBaoServer:
         """Terminate the process (SIGTERM, then SIGKILL after a bounded wait). Safe to call twice."""
         process, self._process = self._process, None
         try:
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=STOP_TIMEOUT_S)
+            if process is not None:
+                stop_process(process, timeout=STOP_TIMEOUT_S)
         finally:
             if self._log is not None:
                 self._log.close()
