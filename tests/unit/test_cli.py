@@ -5,11 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,16 +22,8 @@ EXAMPLE_REVIEW = ROOT / "examples" / "worker-pod-review.json"
 CANARY = "CANARY-9f3a-cli"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() configures the root logger (as it should in a process); put pytest's handlers back after."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+# main() configures the root logger; tests/conftest.py puts pytest's handlers back after each test.
+pytestmark = pytest.mark.usefixtures("restore_root_logging")
 
 
 def bad_config(tmp_path: Path) -> Path:

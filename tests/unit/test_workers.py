@@ -7,7 +7,6 @@ tests/integration/test_workers.py; nothing here spawns a process.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -37,16 +36,8 @@ CONFIG_FILE = ROOT / "deploy" / "webhook" / "config.yaml"
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() configures the root logger (as it should in a process); put pytest's handlers back after."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+# main() configures the root logger; tests/conftest.py puts pytest's handlers back after each test.
+pytestmark = pytest.mark.usefixtures("restore_root_logging")
 
 
 @pytest.fixture(scope="module")
