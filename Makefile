@@ -40,15 +40,12 @@ test: lint typecheck ## lint, type check, and the whole test suite (unit + integ
 e2e: $(STAMP) ## kind cluster, images, Vault, webhook, a worker and a router; checks issue 4 end to end
 	$(BIN)/pytest e2e -m e2e $(if $(KEEP),--keep) $(ARGS)
 
-# The two images of deploy/ (needs Docker with BuildKit). The demo worker image trusts the demo Vault's CA,
-# so generate deploy/vault/tls first (README "Install in a cluster") and rebuild after a new one.
-VAULT_CA ?= deploy/vault/tls/ca.crt
+# The two images of deploy/ (needs Docker with BuildKit). Neither carries the demo Vault's CA: workers get
+# it from the namespace's ConfigMap gtc-vault-ca, which the webhook projects (config vault.caConfigMap).
 .PHONY: images
 images: ## docker build gtc-admission:dev and gtc-demo-worker:dev (deploy/docker)
-	@test -f $(VAULT_CA) || { echo "$(VAULT_CA) missing: run gtc-admission certs for the demo Vault first (README)"; exit 2; }
 	docker build --file deploy/docker/webhook.Dockerfile --tag gtc-admission:dev .
-	docker build --file deploy/docker/worker.Dockerfile --tag gtc-demo-worker:dev \
-		--build-arg VAULT_CA_PEM="$$(cat $(VAULT_CA))" .
+	docker build --file deploy/docker/worker.Dockerfile --tag gtc-demo-worker:dev .
 
 # The benchmarks of issue 5 (bench/): wrk against the webhook and a bare aiohttp floor, --workers 2 vs 1, the
 # decision function alone, boot resolution against a real OpenBao, RSS after 100k reviews. They print

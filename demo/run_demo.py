@@ -236,14 +236,14 @@ def container_env(pod: Mapping[str, Any], index: int = 0) -> dict[str, str]:
     return {item["name"]: item["value"] for item in env if "value" in item}
 
 
-def projected_token(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """The serviceAccountToken source of the projected volume the patch added."""
+def projected_source(pod: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The ``kind`` source (serviceAccountToken, configMap) of the projected volume the patch added."""
     for volume in pod["spec"].get("volumes") or []:
         for source in (volume.get("projected") or {}).get("sources") or []:
-            if "serviceAccountToken" in source:
-                token: dict[str, Any] = source["serviceAccountToken"]
-                return token
-    raise DemoFailed("the patched pod has no projected serviceAccountToken volume")
+            if kind in source:
+                found: dict[str, Any] = source[kind]
+                return found
+    raise DemoFailed(f"the patched pod has no projected {kind} volume source")
 
 
 def worker_audit_lines(
@@ -624,15 +624,14 @@ class Demo:
             )
         if env.get(runtime_constants.ENV_VAULT_ADDR) != openbao.addr:
             raise self.fail("the patch does not point the worker at the local OpenBao")
-        ca = str(openbao.ca_file)
-        self.say(f"  {runtime_constants.ENV_VAULT_CACERT}={ca}   (added here: the dev server's own CA)")
+        ca_file = env.get(runtime_constants.ENV_VAULT_CACERT)
+        if ca_file is None:
+            raise self.fail("the patch gives the worker no VAULT_CACERT (the example config's caConfigMap)")
 
         token_path = Path(env[runtime_constants.ENV_VAULT_TOKEN_PATH])
         self.write_token(servers, token_path, NAMESPACE, patched["spec"]["serviceAccountName"], patched)
-        booted = Booted(
-            env={**self.base_env(), **env, runtime_constants.ENV_VAULT_CACERT: ca},
-            audit_mark=len(openbao.audit_entries()),
-        )
+        self.write_ca(openbao, Path(ca_file), patched)
+        booted = Booted(env={**self.base_env(), **env}, audit_mark=len(openbao.audit_entries()))
         self.say("$CHILD, the worker's stand-in, prints no value, only whether its hash matches:")
         for line in CHILD.splitlines():
             self.say(f"  {line}")
@@ -646,7 +645,7 @@ class Demo:
     ) -> None:
         """Write the projected ServiceAccount token like the kubelet would: the audience and lifetime of
         the pod's projected volume, signed with the stand-in's key."""
-        source = projected_token(pod)
+        source = projected_source(pod, "serviceAccountToken")
         audience, ttl = str(source["audience"]), int(source["expirationSeconds"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
@@ -658,6 +657,14 @@ class Demo:
             f"ServiceAccount token for system:serviceaccount:{namespace}:{service_account}\n"
             f"  (audience {audience}, {ttl}s, signed with the stand-in's key) -> {path}"
         )
+
+    def write_ca(self, openbao: OpenBaoServer, path: Path, pod: Mapping[str, Any]) -> None:
+        """Put the CA where the kubelet would project the ConfigMap the patch names; here the ConfigMap's
+        content is the dev server's own CA."""
+        config_map = projected_source(pod, "configMap")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(openbao.ca_file.read_bytes())
+        self.say(f"Vault CA, ConfigMap {config_map['name']} in a cluster (here: OpenBao's own CA) -> {path}")
 
     def exec_child(self, env: Mapping[str, str], seeded: Seeded, *, expect: int | None = 0) -> Result:
         argv = [self.gtc_secrets, "exec", "--", sys.executable, "-c", CHILD, SECRET_VAR, seeded.sha256]

@@ -4,20 +4,21 @@
 
 1. skip unless Docker answers, kind >= 0.24 and kubectl are there (the reason says which is missing);
 2. copy deploy/ into the session's temp folder (never a user's generated keys) and let
-   ``gtc-admission certs`` write the demo Vault's and the webhook's certificates into the copy, then read
-   the plan (names, images, config, the example worker) from the rendered kustomizations;
+   ``gtc-admission certs`` write the demo Vault's and the webhook's certificates into the copy, copy the
+   Vault's CA to where the example namespace makes its ConfigMap gtc-vault-ca from, then read the plan
+   (names, images, config, the example worker) from the rendered kustomizations;
 3. ``kind create cluster`` with the default CNI (kindnet enforces NetworkPolicy from kind 0.24 on) and
    its own kubeconfig file in the temp folder (``~/.kube/config`` is never touched);
-4. ``docker build`` of the webhook image and of the demo worker image (which trusts the demo Vault's CA,
-   see deploy/README.md), ``kind load`` of both;
+4. ``docker build`` of the webhook image and of the demo worker image (no CA baked in: workers trust the
+   demo Vault through the CA ConfigMap the webhook projects, see deploy/README.md), ``kind load`` of both;
 5. Vault (deploy/vault), a port-forward to it, ``gtc-secrets bootstrap`` against it (Kubernetes host
    ``https://kubernetes.default.svc`` as Vault sees it from inside the cluster, the reviewer JWT from
    ``kubectl create token`` of the token-reviewer ServiceAccount, the cluster CA from kube-root-ca.crt),
    and ``gtc-secrets put`` of a random webhook secret from outside the cluster through the port-forward;
 6. the webhook (deploy/overlays/self-managed-ca);
-7. the worker namespace with its component and the demo worker exactly as deploy/examples ships them
-   (an unchanged deployer's Deployment: no ServiceAccount, no Vault setting), and a router Deployment
-   written the same way.
+7. the worker namespace with its component, its CA ConfigMap and the demo worker exactly as
+   deploy/examples ships them (an unchanged deployer's Deployment: no ServiceAccount, no Vault setting),
+   and a router Deployment written the same way.
 
 Teardown (``finally``, also after a failed set-up): port-forwards stop, and the cluster is deleted unless
 ``--keep`` was given (then its name and kubeconfig are printed). When a test or the set-up failed, the
@@ -102,7 +103,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     with contextlib.ExitStack() as stack:
         try:
             create_cluster(kind, workdir)
-            build_and_load_images(kind, plan, deploy, LAYOUT)
+            build_and_load_images(kind, plan, LAYOUT)
             root_token = deploy_vault(kubectl, deploy, LAYOUT)
             vault_port = stack.enter_context(
                 kube.port_forward(

@@ -30,11 +30,12 @@ class Layout:
     # Where `gtc-admission certs` must write for the two kustomizations above (their secretGenerators).
     vault_tls: str = "vault/tls"
     webhook_tls: str = "overlays/self-managed-ca/tls"
+    # Where the demo Vault's CA is copied for the example namespace's ConfigMap gtc-vault-ca (the config's
+    # vault.caConfigMap): workers trust Vault through it, not through their image.
+    example_vault_ca: str = "examples/acme-prod/tls/ca.crt"
     # Dockerfiles (build context: the repository root).
     webhook_dockerfile: str = "docker/webhook.Dockerfile"
     worker_dockerfile: str = "docker/worker.Dockerfile"
-    # The worker image trusts the demo Vault's CA through this build argument (deploy/README.md).
-    worker_ca_build_arg: str = "VAULT_CA_PEM"
 
     # The demo Vault.
     vault_namespace: str = "vault"

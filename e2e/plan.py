@@ -227,6 +227,8 @@ def expected_worker_env(plan: DeployPlan) -> dict[str, str]:
         env[c.ENV_VAULT_KV_MOUNT] = vault.kv_mount
     if vault.kv_prefix != c.DEFAULT_KV_PREFIX:
         env[c.ENV_VAULT_KV_PREFIX] = vault.kv_prefix
+    if vault.ca_config_map is not None:
+        env[c.ENV_VAULT_CACERT] = f"{config.vault_token.directory}/{c.VAULT_CA_FILE}"
     return env
 
 

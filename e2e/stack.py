@@ -104,11 +104,13 @@ def gtc_admission_certs(out: Path, dns: tuple[str, ...], ips: tuple[str, ...] = 
 
 
 def prepare_deploy(workdir: Path, layout: Layout) -> Path:
-    """A copy of deploy/ with fresh certificates for the demo Vault and the webhook."""
+    """A copy of deploy/ with fresh certificates for the demo Vault and the webhook, and the Vault's CA
+    where the example namespace makes its CA ConfigMap from (the README's install step)."""
     copy = workdir / "deploy"
     shutil.copytree(DEPLOY, copy, ignore=ignore_generated)
     gtc_admission_certs(copy / layout.vault_tls, layout.vault_dns, layout.vault_ips)
     gtc_admission_certs(copy / layout.webhook_tls, layout.webhook_dns)
+    shutil.copy(copy / layout.vault_tls / "ca.crt", copy / layout.example_vault_ca)
     return copy
 
 
@@ -134,17 +136,12 @@ def create_cluster(kind: kube.Kind, workdir: Path) -> None:
     kind.create(config_file)
 
 
-def build_and_load_images(kind: kube.Kind, plan: DeployPlan, deploy: Path, layout: Layout) -> None:
+def build_and_load_images(kind: kube.Kind, plan: DeployPlan, layout: Layout) -> None:
     """Build the webhook and demo worker images from the checkout, put them on the kind nodes."""
     # The checkout's Dockerfiles (inside the build context, beside their .dockerignore files).
     kube.docker_build(tag=plan.webhook.image, dockerfile=DEPLOY / layout.webhook_dockerfile, context=ROOT)
-    ca_pem = (deploy / layout.vault_tls / "ca.crt").read_text()
-    kube.docker_build(
-        tag=plan.worker.image,
-        dockerfile=DEPLOY / layout.worker_dockerfile,
-        context=ROOT,
-        build_args={layout.worker_ca_build_arg: ca_pem},
-    )
+    # No CA baked in: the worker trusts the demo Vault through the CA ConfigMap the webhook projects.
+    kube.docker_build(tag=plan.worker.image, dockerfile=DEPLOY / layout.worker_dockerfile, context=ROOT)
     for image in (plan.webhook.image, plan.worker.image):
         kind.load_image(image)
 

@@ -23,6 +23,10 @@ CANARY = "CANARY-5f0c2a9e-never-log-me"
 VAULT_ADDR = "https://vault.vault.svc:8200"
 TOKEN_PATH = "/var/run/secrets/greentic/vault/token"
 TOKEN_DIR = "/var/run/secrets/greentic/vault"
+# Environment "secure" (namespace acme-secure) trusts the CA of ConfigMap CA_CONFIG_MAP, key CA_KEY.
+CA_CONFIG_MAP = "vault-ca"
+CA_KEY = "bundle.pem"
+CA_FILE = TOKEN_DIR + "/vault-ca.crt"
 
 CONFIG_DOCUMENT: dict[str, Any] = {
     "serviceAccount": BADGE,
@@ -53,6 +57,10 @@ CONFIG_DOCUMENT: dict[str, Any] = {
             "enforcement": "dryrun",
             "vault": {"addr": VAULT_ADDR, "role": "gtc-{env}-{tenant}"},
         },
+        "secure": {
+            "secretsPack": "greentic.secrets.vault",
+            "vault": {"addr": VAULT_ADDR, "caConfigMap": {"name": CA_CONFIG_MAP, "key": CA_KEY}},
+        },
         "dev": {"secretsPack": "greentic.secrets.dev-store"},
         "odd": {"secretsPack": "greentic.secrets.unheard-of"},
     },
@@ -60,6 +68,7 @@ CONFIG_DOCUMENT: dict[str, Any] = {
         "acme-prod": {"env": "prod", "tenant": "acme", "team": "core"},
         "acme-stage": {"env": "stage", "tenant": "acme", "team": "web"},
         "acme-canary": {"env": "canary", "tenant": "acme"},
+        "acme-secure": {"env": "secure", "tenant": "acme", "team": "core"},
         "acme-dev": {"env": "dev", "tenant": "acme"},
         "acme-odd": {"env": "odd", "tenant": "acme"},
         "acme-ghost": {"env": "ghost", "tenant": "acme"},

@@ -11,8 +11,15 @@ from typing import Any
 import pytest
 
 from gtc_admission import constants as c
-from gtc_admission.config import Config, ConfigError, NamespaceBinding, load_config, parse_config
-from tests.unit.conftest import CONFIG_DOCUMENT
+from gtc_admission.config import (
+    CAConfigMap,
+    Config,
+    ConfigError,
+    NamespaceBinding,
+    load_config,
+    parse_config,
+)
+from tests.unit.conftest import CA_CONFIG_MAP, CA_KEY, CONFIG_DOCUMENT
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "webhook" / "config.yaml"
 
@@ -228,3 +235,89 @@ def test_load_config_file_errors(tmp_path: Path) -> None:
     broken.write_text("serviceAccount: [unclosed\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken)
+
+
+# --- environments.<env>.vault.caConfigMap ---------------------------------------------------------------
+
+CA = "environments.secure.vault.caConfigMap"
+
+
+def _ca(value: Any) -> CAConfigMap | None:
+    document = copy.deepcopy(CONFIG_DOCUMENT)
+    document["environments"]["secure"]["vault"]["caConfigMap"] = value
+    vault = parse_config(document).environments["secure"].vault
+    assert vault is not None
+    return vault.ca_config_map
+
+
+def test_ca_config_map_is_optional_and_off_by_default() -> None:
+    """Without the key no CA is configured; prod of the shared config has none."""
+    assert CONFIG_DOCUMENT["environments"]["prod"]["vault"].get("caConfigMap") is None
+    prod = parse_config(CONFIG_DOCUMENT).environments["prod"].vault
+    assert prod is not None and prod.ca_config_map is None
+    assert _ca(None) is None  # an explicit null is the same as no key
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param({"name": CA_CONFIG_MAP, "key": CA_KEY}, CAConfigMap(CA_CONFIG_MAP, CA_KEY), id="both"),
+        pytest.param(
+            {"name": "trust.example.com"}, CAConfigMap("trust.example.com", "ca.crt"), id="default-key"
+        ),
+        pytest.param("vault-ca", CAConfigMap("vault-ca", "ca.crt"), id="shorthand"),
+        pytest.param({"name": "a", "key": "A_b-1.pem"}, CAConfigMap("a", "A_b-1.pem"), id="key-chars"),
+        pytest.param({"name": "a", "key": "k" * 253}, CAConfigMap("a", "k" * 253), id="key-longest"),
+        pytest.param({"name": "a" * 253}, CAConfigMap("a" * 253, "ca.crt"), id="name-longest"),
+    ],
+)
+def test_ca_config_map_accepted_forms(value: Any, expected: CAConfigMap) -> None:
+    """A mapping {name, key} (key defaults to ca.crt), or a plain string as the name."""
+    assert _ca(value) == expected
+
+
+CA_ERRORS: list[Any] = [
+    pytest.param(["vault-ca"], f"{CA}: must be a mapping", id="list"),
+    pytest.param({}, f"{CA}.name: must be a non-empty string", id="no-name"),
+    pytest.param("", f"{CA}.name: must be a non-empty string", id="empty-shorthand"),
+    pytest.param({"name": "Vault_CA"}, f"{CA}.name: 'Vault_CA' is not a valid Kubernetes name", id="name"),
+    pytest.param({"name": "-ca"}, f"{CA}.name:", id="name-leading-dash"),
+    pytest.param({"name": "a" * 254}, f"{CA}.name: longer than 253", id="name-too-long"),
+    pytest.param({"name": "ca", "key": ""}, f"{CA}.key: must be a non-empty string", id="key-empty"),
+    pytest.param({"name": "ca", "key": 7}, f"{CA}.key: must be a non-empty string", id="key-int"),
+    pytest.param({"name": "ca", "key": "a/b"}, f"{CA}.key: 'a/b' is not a valid ConfigMap key", id="slash"),
+    pytest.param({"name": "ca", "key": "."}, f"{CA}.key: '.' is not a valid ConfigMap key", id="dot"),
+    pytest.param({"name": "ca", "key": ".."}, f"{CA}.key: '..' is not a valid ConfigMap key", id="dotdot"),
+    pytest.param({"name": "ca", "key": "k" * 254}, f"{CA}.key:", id="key-too-long"),
+    pytest.param({"name": "ca", "keys": "x"}, f"{CA}.keys: unknown key (allowed: key, name)", id="typo"),
+    pytest.param({"name": "ca", "optional": True}, f"{CA}.optional: unknown key", id="no-optional"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), CA_ERRORS)
+def test_ca_config_map_errors_name_the_key(value: Any, expected: str) -> None:
+    """Each broken caConfigMap is refused with a message that starts at its key path."""
+    with pytest.raises(ConfigError) as caught:
+        _ca(value)
+    assert expected in str(caught.value)
+
+
+def test_ca_config_map_needs_an_https_addr() -> None:
+    """A CA next to a plain http:// Vault is refused (the runtime refuses http anyway)."""
+    document = copy.deepcopy(CONFIG_DOCUMENT)
+    document["environments"]["secure"]["vault"]["addr"] = "http://vault:8200"
+    with pytest.raises(ConfigError, match=f"{CA}: needs an https:// addr"):
+        parse_config(document)
+
+
+def test_token_file_cannot_be_the_ca_file() -> None:
+    """The CA is projected as vault-ca.crt next to the token: the token file may not take that name."""
+    document = copy.deepcopy(CONFIG_DOCUMENT)
+    document["vaultToken"]["path"] = "/var/run/secrets/greentic/vault/vault-ca.crt"
+    with pytest.raises(
+        ConfigError, match=r"vaultToken\.path: the file name vault-ca\.crt .*environments\.secure"
+    ):
+        parse_config(document)
+    del document["environments"]["secure"]
+    del document["namespaces"]["acme-secure"]
+    assert parse_config(document).vault_token.filename == "vault-ca.crt"  # no CA anywhere: no clash

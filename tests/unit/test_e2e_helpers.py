@@ -825,6 +825,22 @@ def test_the_copy_has_fresh_certificates_for_the_names_the_suite_uses(
         assert set(ips) <= {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
 
 
+@needs_kubectl
+def test_the_copy_gives_the_example_namespace_the_vault_ca(
+    rendered_deploy: tuple[Path, plan.DeployPlan],
+) -> None:
+    """The example namespace's CA ConfigMap is made from the copy's fresh Vault CA, and the worker is
+    expected to get VAULT_CACERT at the projected file (the image trusts no demo CA of its own)."""
+    copy, deployed = rendered_deploy
+    ca = (copy / layout.LAYOUT.vault_tls / "ca.crt").read_bytes()
+    assert (copy / layout.LAYOUT.example_vault_ca).read_bytes() == ca
+    vault = deployed.webhook.config.environments[deployed.worker.env].vault
+    assert vault is not None and vault.ca_config_map is not None
+    env = plan.expected_worker_env(deployed)
+    assert env[c.ENV_VAULT_CACERT] == "/var/run/secrets/greentic/vault/vault-ca.crt"
+    assert "VAULT_CA_PEM" not in (layout.DEPLOY / layout.LAYOUT.worker_dockerfile).read_text()
+
+
 def test_expected_worker_env_adds_kv_settings_only_when_not_the_default() -> None:
     """VAULT_KV_MOUNT / VAULT_KV_PREFIX are expected only where the config moves them (like the webhook)."""
     config = parse_config(
@@ -848,6 +864,7 @@ def test_expected_worker_env_adds_kv_settings_only_when_not_the_default() -> Non
     env = plan.expected_worker_env(deployed)
     assert env[c.ENV_VAULT_KV_MOUNT] == "kv"
     assert c.ENV_VAULT_KV_PREFIX not in env
+    assert c.ENV_VAULT_CACERT not in env  # no caConfigMap: the webhook injects none
     assert env[c.ENV_VAULT_ROLE] == "r-prod-acme-default"
 
 

@@ -10,6 +10,7 @@ reads right but matches the wrong namespaces or pods fails.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shlex
 import shutil
@@ -84,6 +85,8 @@ def deploy_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root / "overlays" / "self-managed-ca" / "tls",
     )
     write_certificates(generate_certificates(VAULT_DNS_NAMES, ["127.0.0.1"]), root / "vault" / "tls")
+    # The install step that hands the demo Vault's CA to the example worker namespace (README, step 5).
+    shutil.copy(root / "vault" / "tls" / "ca.crt", root / "examples" / "acme-prod" / "tls" / "ca.crt")
     return root
 
 
@@ -854,6 +857,22 @@ def test_config_vault_addr_is_the_demo_vault_service(rendered: dict[str, list[Do
         assert env.vault is not None and env.vault.addr == expected
 
 
+def test_example_namespace_has_the_vault_ca_config_map(
+    rendered: dict[str, list[Doc]], config: Config
+) -> None:
+    """Every caConfigMap of the config exists in the example worker namespace, under its exact name (the
+    patch names it: no hash suffix), with the key holding the CA that signs the demo Vault's certificate."""
+    vault_ca = base64.b64decode(one(rendered["vault"], "Secret", "vault-tls")["data"]["ca.crt"]).decode()
+    configured = [env.vault.ca_config_map for env in config.environments.values() if env.vault]
+    with_ca = [ca for ca in configured if ca is not None]
+    assert with_ca, "the example config shows caConfigMap"
+    for ca in with_ca:
+        config_map = one(_example(rendered), "ConfigMap", ca.name)
+        assert config_map["metadata"]["namespace"] == WORKER_NAMESPACE
+        assert config_map["data"][ca.key] == vault_ca
+    assert find(rendered["worker-namespace"], "ConfigMap") == []  # the component stays CA-agnostic
+
+
 # --- the example worker: what an unchanged deployer writes --------------------------------------------------
 
 
@@ -885,6 +904,11 @@ def test_example_worker_is_admitted_and_patched(rendered: dict[str, list[Doc]], 
     patch = base64.b64decode(result.review["response"]["patch"]).decode()
     assert '"/spec/serviceAccountName","value":"gtc-worker"' in patch
     assert "VAULT_ADDR" in patch
+    # The CA source names the ConfigMap the example namespace ships (test above), not optional.
+    (volumes,) = [op["value"] for op in json.loads(patch) if op["path"] == "/spec/volumes"]
+    (ca_source,) = [s["configMap"] for s in volumes[0]["projected"]["sources"] if "configMap" in s]
+    one(_example(rendered), "ConfigMap", ca_source["name"])
+    assert "optional" not in ca_source
 
 
 def test_worker_image_entrypoint_boots_through_gtc_secrets(rendered: dict[str, list[Doc]]) -> None:

@@ -18,6 +18,9 @@ from gtc_admission.policy import classify, forbidden_references
 from tests.unit.conftest import (
     BADGE,
     BINDINGS,
+    CA_CONFIG_MAP,
+    CA_FILE,
+    CA_KEY,
     CANARY,
     CONFIG,
     DEV_SECRET,
@@ -340,6 +343,168 @@ def test_foreign_token_volume_and_mount_are_replaced() -> None:
         {"name": c.VAULT_TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}
     ]
     assert "patch" not in response(run(after))
+
+
+# --- The Vault CA from a ConfigMap (environments.<env>.vault.caConfigMap; env "secure") ------------------
+
+SECURE = "acme-secure"
+TOKEN_SOURCE = {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "token"}}
+CA_SOURCE = {"configMap": {"name": CA_CONFIG_MAP, "items": [{"key": CA_KEY, "path": "vault-ca.crt"}]}}
+CA_VOLUME = {"name": c.VAULT_TOKEN_VOLUME, "projected": {"sources": [TOKEN_SOURCE, CA_SOURCE]}}
+
+
+def test_ca_config_map_patch() -> None:
+    """The exact patch: VAULT_CACERT after the token path; the CA projected beside the token, not optional."""
+    outcome = run(pod(), namespace=SECURE)
+    assert outcome.rules == ()
+    env = [
+        {"name": c.ENV_SECRETS_BACKEND, "value": "vault"},
+        {"name": c.ENV_VAULT_ADDR, "value": VAULT_ADDR},
+        {"name": c.ENV_VAULT_ROLE, "value": "gtc-secure-acme"},
+        {"name": c.ENV_VAULT_TOKEN_PATH, "value": TOKEN_PATH},
+        {"name": c.ENV_VAULT_CACERT, "value": CA_FILE},
+        {"name": c.ENV_GREENTIC_ENV, "value": "secure"},
+        {"name": c.ENV_GREENTIC_TENANT, "value": "acme"},
+        {"name": c.ENV_GREENTIC_TEAM, "value": "core"},
+    ]
+    mount = {"name": c.VAULT_TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}
+    assert patch_of(outcome) == [
+        {"op": "add", "path": "/spec/serviceAccountName", "value": BADGE},
+        {"op": "add", "path": "/spec/containers/0/env", "value": env},
+        {"op": "add", "path": "/spec/containers/0/volumeMounts", "value": [mount]},
+        {"op": "add", "path": "/spec/volumes", "value": [CA_VOLUME]},
+        {"op": "add", "path": "/metadata/annotations", "value": {c.ANNOTATION_SECRETS_BACKEND: "vault"}},
+    ]
+
+
+def test_ca_config_map_appends_to_existing_volumes() -> None:
+    """A pod with volumes of its own gets the CA-carrying token volume appended, its own kept."""
+    obj = pod(volumes=[{"name": "data", "emptyDir": {}}])
+    ops = [op for op in patch_of(run(obj, namespace=SECURE)) if op["path"].startswith("/spec/volumes")]
+    assert ops == [{"op": "add", "path": "/spec/volumes/-", "value": CA_VOLUME}]
+
+
+@pytest.mark.parametrize("defaulted", [False, True], ids=["as-patched", "after-api-server-defaults"])
+def test_ca_config_map_mutation_is_idempotent(defaulted: bool) -> None:
+    """The patched pod with its CA source, sent again (reinvocation), yields an empty patch."""
+    obj = pod(containers=[container(), container("b")], initContainers=[container("i")])
+    once = patched(obj, run(obj, namespace=SECURE))
+    again_input = _api_server_defaults(once) if defaulted else once
+    again = run(again_input, namespace=SECURE)
+    assert "patch" not in response(again)
+    assert again.decision == "allowed" and again.rules == ()
+    assert run(again_input, "validate", namespace=SECURE).rules == ()
+
+
+def _sources(*sources: Any) -> dict[str, Any]:
+    return {"name": c.VAULT_TOKEN_VOLUME, "projected": {"sources": list(sources)}}
+
+
+def _ca(**fields: Any) -> dict[str, Any]:
+    projection: dict[str, Any] = {"name": CA_CONFIG_MAP, "items": [{"key": CA_KEY, "path": "vault-ca.crt"}]}
+    projection.update(fields)
+    return {"configMap": projection}
+
+
+TAMPERED_CA = [
+    pytest.param(_sources(TOKEN_SOURCE), id="ca-missing"),
+    pytest.param(_sources(TOKEN_SOURCE, _ca(name="attacker-ca")), id="other-config-map"),
+    pytest.param(
+        _sources(TOKEN_SOURCE, _ca(items=[{"key": "other", "path": "vault-ca.crt"}])), id="other-key"
+    ),
+    pytest.param(_sources(TOKEN_SOURCE, _ca(items=[{"key": CA_KEY, "path": "ca.pem"}])), id="other-path"),
+    pytest.param(
+        _sources(TOKEN_SOURCE, _ca(items=[{"key": CA_KEY, "path": "vault-ca.crt", "mode": 0o666}])),
+        id="item-mode",
+    ),
+    pytest.param(_sources(TOKEN_SOURCE, _ca(items=[])), id="no-items"),
+    pytest.param(_sources(TOKEN_SOURCE, _ca(optional=True)), id="optional"),
+    pytest.param(_sources(TOKEN_SOURCE, {"secret": {"name": "vault-ca"}}), id="secret-not-config-map"),
+    pytest.param(_sources(TOKEN_SOURCE, {**_ca(), "secret": {"name": "x"}}), id="two-kinds-in-one-source"),
+    pytest.param(_sources(TOKEN_SOURCE, _ca(), _ca(name="extra")), id="extra-source"),
+    pytest.param(_sources(_ca(), TOKEN_SOURCE), id="swapped"),
+]
+
+
+@pytest.mark.parametrize("volume", TAMPERED_CA)
+def test_tampered_ca_source_is_replaced(volume: dict[str, Any]) -> None:
+    """A token volume whose CA source is not exactly ours is replaced with ours, with a warning."""
+    obj = pod(volumes=[{"name": "data", "emptyDir": {}}, volume])
+    outcome = run(obj, namespace=SECURE)
+    assert outcome.rules == (c.RULE_VAULT_SETTINGS_OVERRIDE,)
+    assert f"volume {c.VAULT_TOKEN_VOLUME} replaced" in response(outcome)["warnings"][0]
+    volume_ops = [op for op in patch_of(outcome) if op["path"].startswith("/spec/volumes")]
+    assert volume_ops == [{"op": "replace", "path": "/spec/volumes/1", "value": CA_VOLUME}]
+    after = patched(obj, outcome)
+    assert "patch" not in response(run(after, namespace=SECURE))
+    # /validate of a patched pod whose CA source was changed afterwards says so, and still allows.
+    after["spec"]["volumes"][1] = volume
+    validated = run(after, "validate", namespace=SECURE)
+    assert validated.rules == (c.RULE_VAULT_SETTINGS_OVERRIDE,) and response(validated)["allowed"] is True
+    assert "differs" in response(validated)["warnings"][0]
+
+
+def test_ca_source_that_is_not_an_object_is_replaced() -> None:
+    """/mutate replaces a token volume with a malformed second source (it judges the pod after the patch)."""
+    obj = pod(volumes=[_sources(TOKEN_SOURCE, "vault-ca")])
+    outcome = run(obj, namespace=SECURE)
+    assert outcome.rules == (c.RULE_VAULT_SETTINGS_OVERRIDE,)
+    assert patched(obj, outcome)["spec"]["volumes"] == [CA_VOLUME]
+
+
+def test_ca_volume_in_an_environment_without_ca_is_replaced() -> None:
+    """Where no CA is configured, our token volume carries no CA source: one that does is replaced."""
+    obj = pod(volumes=[CA_VOLUME])
+    outcome = run(obj)
+    assert outcome.rules == (c.RULE_VAULT_SETTINGS_OVERRIDE,)
+    assert patched(obj, outcome)["spec"]["volumes"] == [_sources(TOKEN_SOURCE)]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param({"value": "/tmp/attacker-ca.pem"}, id="literal"),
+        pytest.param({"valueFrom": {"configMapKeyRef": {"name": "cm", "key": CANARY}}}, id="valueFrom"),
+        pytest.param({"value": CA_FILE, "valueFrom": {"fieldRef": {"fieldPath": "x"}}}, id="both"),
+    ],
+)
+@pytest.mark.parametrize("list_name", ["containers", "initContainers"])
+def test_pod_setting_vault_cacert_is_overridden(entry: dict[str, Any], list_name: str) -> None:
+    """VAULT_CACERT of the pod is replaced like VAULT_ADDR: the worker trusts only the configured CA."""
+    spec: dict[str, Any] = {list_name: [container("app-1", env=[{"name": c.ENV_VAULT_CACERT, **entry}])]}
+    obj = pod(**spec)
+    if list_name == "initContainers":
+        obj["spec"]["containers"] = [container()]
+    outcome = run(obj, namespace=SECURE)
+    assert outcome.decision == "warned"
+    assert outcome.rules == (c.RULE_VAULT_SETTINGS_OVERRIDE,)
+    (warning,) = response(outcome)["warnings"]
+    assert "app-1" in warning and c.ENV_VAULT_CACERT in warning and "/tmp" not in warning
+    after = patched(obj, outcome)
+    entries = [e for e in after["spec"][list_name][0]["env"] if e["name"] == c.ENV_VAULT_CACERT]
+    assert entries == [{"name": c.ENV_VAULT_CACERT, "value": CA_FILE}]
+    assert "patch" not in response(run(after, namespace=SECURE))
+    assert_clean(outcome)
+
+
+def test_pod_vault_cacert_equal_to_the_configured_file_is_kept() -> None:
+    """A pod that already names the projected file gets no warning and no second entry."""
+    obj = pod(containers=[container(env=[{"name": c.ENV_VAULT_CACERT, "value": CA_FILE}])])
+    outcome = run(obj, namespace=SECURE)
+    assert outcome.rules == ()
+    env = patched(obj, outcome)["spec"]["containers"][0]["env"]
+    assert [e for e in env if e["name"] == c.ENV_VAULT_CACERT] == [
+        {"name": c.ENV_VAULT_CACERT, "value": CA_FILE}
+    ]
+
+
+def test_without_ca_config_map_vault_cacert_is_the_pods_own() -> None:
+    """No caConfigMap: VAULT_CACERT is neither added nor policed (the image's CA, as before)."""
+    assert c.ENV_VAULT_CACERT not in env_of(patched(pod(), run(pod())))
+    obj = pod(containers=[container(env=[{"name": c.ENV_VAULT_CACERT, "value": "/etc/ssl/own.pem"}])])
+    outcome = run(obj)
+    assert outcome.rules == ()
+    assert env_of(patched(obj, outcome))[c.ENV_VAULT_CACERT] == "/etc/ssl/own.pem"
 
 
 def test_mutate_judges_the_pod_after_its_patch() -> None:

@@ -15,7 +15,18 @@ from hypothesis import strategies as st
 from gtc_admission import constants as c
 from gtc_admission.admission import Outcome, handle_review, review_with_edits
 from gtc_admission.patch import apply_edits
-from tests.unit.conftest import BADGE, BINDINGS, CANARY, CONFIG, DEV_SECRET, TOKEN_DIR, review
+from tests.unit.conftest import (
+    BADGE,
+    BINDINGS,
+    CA_CONFIG_MAP,
+    CA_FILE,
+    CA_KEY,
+    CANARY,
+    CONFIG,
+    DEV_SECRET,
+    TOKEN_DIR,
+    review,
+)
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -26,6 +37,7 @@ ENV_NAMES = [
     c.ENV_VAULT_TOKEN_PATH,
     c.ENV_VAULT_KV_MOUNT,
     c.ENV_VAULT_KV_PREFIX,
+    c.ENV_VAULT_CACERT,
     c.ENV_GREENTIC_ENV,
     c.ENV_GREENTIC_TENANT,
     c.ENV_GREENTIC_TEAM,
@@ -43,6 +55,7 @@ ENV_VALUES = [
     "vault",
     "https://vault.vault.svc:8200",
     "secret",
+    CA_FILE,
 ]
 
 value_source: st.SearchStrategy[dict[str, Any]] = st.one_of(
@@ -105,6 +118,32 @@ volume = st.one_of(
         }
     ),
     st.just({"name": "legacy", "projected": {"sources": [{"secret": {"name": DEV_SECRET}}]}}),
+    # The token volume with the CA source of environment "secure": exact, tampered, next to a Secret.
+    *(
+        st.just(
+            {
+                "name": c.VAULT_TOKEN_VOLUME,
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": "vault",
+                                "expirationSeconds": 600,
+                                "path": "token",
+                            }
+                        },
+                        {"configMap": {"name": name, "items": [{"key": CA_KEY, "path": "vault-ca.crt"}]}},
+                        *extra,
+                    ]
+                },
+            }
+        )
+        for name, extra in (
+            (CA_CONFIG_MAP, []),
+            ("attacker-ca", []),
+            (CA_CONFIG_MAP, [{"secret": {"name": DEV_SECRET}}]),
+        )
+    ),
 )
 
 
@@ -147,7 +186,9 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     return decoded
 
 
-namespaces = st.sampled_from(["acme-prod", "acme-prod", "acme-stage", "acme-canary", "acme-dev", "unbound"])
+namespaces = st.sampled_from(
+    ["acme-prod", "acme-prod", "acme-stage", "acme-canary", "acme-secure", "acme-dev", "unbound"]
+)
 
 
 def _patch(outcome: Outcome) -> list[dict[str, Any]]:

@@ -34,10 +34,27 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Kubernetes ServiceAccount / Secret names: RFC 1123 subdomain.
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+MAX_SUBDOMAIN_LENGTH = 253
+# A ConfigMap data key (the API server's IsConfigMapKey): these characters, at most 253, not "." or "..".
+_CONFIG_MAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+MAX_CONFIG_MAP_KEY_LENGTH = 253
 
 
 class ConfigError(ValueError):
     """The configuration file is unusable; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class CAConfigMap:
+    """The ConfigMap (in the worker's own namespace) whose ``key`` holds the CA bundle of Vault's certificate.
+
+    ConfigMaps are namespace-local: it must exist in every worker namespace of the environment (e.g.
+    distributed by trust-manager). The webhook projects it into the token volume, not optional, so a
+    worker whose namespace lacks it never starts (the kubelet holds the pod in ContainerCreating).
+    """
+
+    name: str
+    key: str = c.DEFAULT_CA_CONFIG_MAP_KEY
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,7 @@ class VaultSettings:
     role: str  # template with {env} {tenant} {team}
     kv_mount: str = c.DEFAULT_KV_MOUNT
     kv_prefix: str = c.DEFAULT_KV_PREFIX
+    ca_config_map: CAConfigMap | None = None  # None: the worker trusts its image's CA store
 
     def role_for(self, env: str, tenant: str, team: str) -> str:
         return self.role.format(env=env, tenant=tenant, team=team)
@@ -157,7 +175,7 @@ def _string_map(value: object, key: str) -> dict[str, str]:
 
 def _vault(value: object, key: str) -> VaultSettings:
     raw = _mapping(value, key)
-    _only_keys(raw, key, {"addr", "role", "kvMount", "kvPrefix"})
+    _only_keys(raw, key, {"addr", "role", "kvMount", "kvPrefix", "caConfigMap"})
     addr = _string(raw.get("addr"), f"{key}.addr")
     if not addr.startswith(("https://", "http://")):
         raise ConfigError(f"{key}.addr: must be an http(s) URL")
@@ -171,12 +189,39 @@ def _vault(value: object, key: str) -> VaultSettings:
         role.format(env="e", tenant="t", team="m")
     except (ValueError, IndexError, KeyError) as exc:
         raise ConfigError(f"{key}.role: not a valid template ({exc})") from None
+    ca = raw.get("caConfigMap")
+    ca_config_map = _ca_config_map(ca, f"{key}.caConfigMap") if ca is not None else None
+    if ca_config_map is not None and not addr.startswith("https://"):
+        # The runtime refuses plain http anyway; a CA next to it is a half-finished change, say so now.
+        raise ConfigError(f"{key}.caConfigMap: needs an https:// addr (a CA only verifies TLS)")
     return VaultSettings(
         addr=addr,
         role=role,
         kv_mount=_kv_path(raw.get("kvMount", c.DEFAULT_KV_MOUNT), f"{key}.kvMount"),
         kv_prefix=_kv_path(raw.get("kvPrefix", c.DEFAULT_KV_PREFIX), f"{key}.kvPrefix"),
+        ca_config_map=ca_config_map,
     )
+
+
+def _ca_config_map(value: object, key: str) -> CAConfigMap:
+    # A plain string is the ConfigMap's name with the default key: the common case (trust-manager's
+    # and cert-manager's "ca.crt") in one word.
+    raw = _mapping({"name": value} if isinstance(value, str) else value, key)
+    _only_keys(raw, key, {"name", "key"})
+    name = _string(raw.get("name"), f"{key}.name", pattern=_DNS_SUBDOMAIN)
+    if len(name) > MAX_SUBDOMAIN_LENGTH:
+        raise ConfigError(f"{key}.name: longer than {MAX_SUBDOMAIN_LENGTH} characters")
+    data_key = _string(raw.get("key", c.DEFAULT_CA_CONFIG_MAP_KEY), f"{key}.key")
+    if (
+        not _CONFIG_MAP_KEY.match(data_key)
+        or data_key in (".", "..")
+        or len(data_key) > MAX_CONFIG_MAP_KEY_LENGTH
+    ):
+        raise ConfigError(
+            f"{key}.key: {data_key!r} is not a valid ConfigMap key "
+            f"([-._a-zA-Z0-9], at most {MAX_CONFIG_MAP_KEY_LENGTH}, not . or ..)"
+        )
+    return CAConfigMap(name=name, key=data_key)
 
 
 def _kv_path(value: object, key: str) -> str:
@@ -294,11 +339,20 @@ def parse_config(document: object) -> Config:
         _string(ns, f"namespaces.{ns}", pattern=_DNS_LABEL): _binding(value, f"namespaces.{ns}", environments)
         for ns, value in _mapping(raw.get("namespaces"), "namespaces").items()
     }
+    vault_token = _token(raw.get("vaultToken"), "vaultToken")
+    if vault_token.filename == c.VAULT_CA_FILE:
+        with_ca = sorted(n for n, e in environments.items() if e.vault and e.vault.ca_config_map)
+        if with_ca:
+            # The CA is projected next to the token, in the same folder: one file cannot be both.
+            raise ConfigError(
+                f"vaultToken.path: the file name {c.VAULT_CA_FILE} is where the CA of "
+                f"environments.{with_ca[0]}.vault.caConfigMap goes; choose another"
+            )
     return Config(
         service_account=service_account,
         forbidden_secrets=forbidden,
         selectors=selectors,
-        vault_token=_token(raw.get("vaultToken"), "vaultToken"),
+        vault_token=vault_token,
         environments=environments,
         namespaces=namespaces,
     )

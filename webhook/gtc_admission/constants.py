@@ -24,6 +24,7 @@ ENV_VAULT_ROLE: Final = "VAULT_K8S_ROLE"
 ENV_VAULT_TOKEN_PATH: Final = "VAULT_K8S_TOKEN_PATH"  # noqa: S105 (a name, not a credential)
 ENV_VAULT_KV_MOUNT: Final = "VAULT_KV_MOUNT"
 ENV_VAULT_KV_PREFIX: Final = "VAULT_KV_PREFIX"
+ENV_VAULT_CACERT: Final = "VAULT_CACERT"  # only when the environment has vault.caConfigMap
 ENV_GREENTIC_ENV: Final = "GREENTIC_ENV"
 ENV_GREENTIC_TENANT: Final = "GREENTIC_TENANT"
 ENV_GREENTIC_TEAM: Final = "GREENTIC_TEAM"
@@ -35,6 +36,9 @@ DEFAULT_KV_PREFIX: Final = "greentic"
 
 # --- Names of what the webhook adds to a pod. ---
 VAULT_TOKEN_VOLUME: Final = "gtc-vault-token"  # noqa: S105 (a name, not a credential)
+# The file the CA ConfigMap's key is projected to, in the token folder (VAULT_CACERT points at it).
+VAULT_CA_FILE: Final = "vault-ca.crt"
+DEFAULT_CA_CONFIG_MAP_KEY: Final = "ca.crt"
 
 # --- ServiceAccount names. ---
 DEFAULT_SERVICE_ACCOUNT: Final = "default"

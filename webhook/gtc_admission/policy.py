@@ -20,7 +20,15 @@ from typing import Any, Final, Literal
 
 from gtc_admission import constants as c
 from gtc_admission.bindings import BindingSource
-from gtc_admission.config import Config, Enforcement, Environment, NamespaceBinding, Selectors, TokenSettings
+from gtc_admission.config import (
+    CAConfigMap,
+    Config,
+    Enforcement,
+    Environment,
+    NamespaceBinding,
+    Selectors,
+    TokenSettings,
+)
 from gtc_admission.patch import Edit, ListEdit, SetMember
 from gtc_admission.review import ReviewRequest
 
@@ -306,6 +314,7 @@ class WorkerSettings:
     expiration_seconds: int
     token_file: str
     mount_dir: str
+    ca_config_map: CAConfigMap | None = None  # projected next to the token as c.VAULT_CA_FILE
 
 
 @lru_cache(maxsize=256)
@@ -321,6 +330,10 @@ def worker_settings(env: Environment, binding: NamespaceBinding, token: TokenSet
         c.ENV_VAULT_KV_MOUNT: vault.kv_mount,
         c.ENV_VAULT_KV_PREFIX: vault.kv_prefix,
     }
+    ca_file = f"{token.directory}/{c.VAULT_CA_FILE}"
+    if vault.ca_config_map is not None:
+        # Ours like VAULT_ADDR: a pod pointing VAULT_CACERT at a CA of its choosing would trust any server.
+        vault_settings[c.ENV_VAULT_CACERT] = ca_file
     identity = {
         c.ENV_GREENTIC_ENV: env.name,
         c.ENV_GREENTIC_TENANT: binding.tenant,
@@ -331,6 +344,7 @@ def worker_settings(env: Environment, binding: NamespaceBinding, token: TokenSet
         (c.ENV_VAULT_ADDR, vault.addr),
         (c.ENV_VAULT_ROLE, vault_settings[c.ENV_VAULT_ROLE]),
         (c.ENV_VAULT_TOKEN_PATH, token.path),
+        *([(c.ENV_VAULT_CACERT, ca_file)] if vault.ca_config_map is not None else []),
         *identity.items(),
     ]
     # The runtime's defaults need no variable; an explicit one would only add noise to every pod.
@@ -346,25 +360,30 @@ def worker_settings(env: Environment, binding: NamespaceBinding, token: TokenSet
         expiration_seconds=token.expiration_seconds,
         token_file=token.filename,
         mount_dir=token.directory,
+        ca_config_map=vault.ca_config_map,
     )
 
 
 def token_volume(settings: WorkerSettings) -> dict[str, Any]:
     """A fresh copy each time: it ends up in the patch and in the judged view."""
-    return {
-        "name": c.VAULT_TOKEN_VOLUME,
-        "projected": {
-            "sources": [
-                {
-                    "serviceAccountToken": {
-                        "audience": settings.audience,
-                        "expirationSeconds": settings.expiration_seconds,
-                        "path": settings.token_file,
-                    }
-                }
-            ]
-        },
-    }
+    sources: list[dict[str, Any]] = [
+        {
+            "serviceAccountToken": {
+                "audience": settings.audience,
+                "expirationSeconds": settings.expiration_seconds,
+                "path": settings.token_file,
+            }
+        }
+    ]
+    if settings.ca_config_map is not None:
+        # Not optional: without its CA the worker must not start (the kubelet holds the pod in
+        # ContainerCreating with an event naming the missing ConfigMap), rather than trust another CA.
+        sources.append({"configMap": _ca_projection(settings.ca_config_map)})
+    return {"name": c.VAULT_TOKEN_VOLUME, "projected": {"sources": sources}}
+
+
+def _ca_projection(ca: CAConfigMap) -> dict[str, Any]:
+    return {"name": ca.name, "items": [{"key": ca.key, "path": c.VAULT_CA_FILE}]}
 
 
 def token_mount(settings: WorkerSettings) -> dict[str, Any]:
@@ -379,14 +398,26 @@ def _is_token_volume(volume: Mapping[str, Any], settings: WorkerSettings) -> boo
     if not isinstance(projected, dict):
         return False
     sources = projected.get("sources")
-    if not isinstance(sources, list) or len(sources) != 1 or not isinstance(sources[0], dict):
+    expected = 1 if settings.ca_config_map is None else 2
+    if not isinstance(sources, list) or len(sources) != expected or not isinstance(sources[0], dict):
         return False
     token = sources[0].get("serviceAccountToken")
-    return (
+    if not (
         isinstance(token, dict)
         and token.get("audience") == settings.audience
         and token.get("expirationSeconds") == settings.expiration_seconds
         and token.get("path") == settings.token_file
+    ):
+        return False
+    if settings.ca_config_map is None:
+        return True
+    # Exactly our projection: another ConfigMap, key, file name or item mode, or any "optional" (true would
+    # let the pod start without the CA), is replaced. The API server defaults nothing inside it.
+    source = sources[1]
+    return (
+        isinstance(source, dict)
+        and source.keys() == {"configMap"}
+        and source["configMap"] == _ca_projection(settings.ca_config_map)
     )
 
 
