@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gtc_secrets import demo_worker as dw
+from tests.support.processes import stop_process
 
 CANARY = "CANARY-3d9b7e21-demo-worker-secret"
 WRONG = "WRONG-a7c4e0f2-presented-value"
@@ -195,12 +196,7 @@ def running(command: list[str], env: dict[str, str], log_file: Path) -> Iterator
         try:
             yield process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            stop_process(process, timeout=10)
 
 
 def _wait_healthy(base: str, process: subprocess.Popen[bytes], log_file: Path) -> None:
