@@ -86,6 +86,41 @@ EDIT_CASES: list[Any] = [
         id="replace-then-append",
     ),
     pytest.param(
+        {"spec": {"containers": [{"volumeMounts": [{"name": n, "mountPath": f"/{n}"} for n in "abcd"]}]}},
+        (
+            ListEdit(
+                ("spec", "containers", 0, "volumeMounts"),
+                ((0, {"name": "t", "mountPath": "/t"}),),
+                ({"name": "z", "mountPath": "/z"},),
+                remove=(1, 3),
+            ),
+        ),
+        [
+            {
+                "op": "replace",
+                "path": "/spec/containers/0/volumeMounts/0",
+                "value": {"name": "t", "mountPath": "/t"},
+            },
+            {"op": "remove", "path": "/spec/containers/0/volumeMounts/3"},
+            {"op": "remove", "path": "/spec/containers/0/volumeMounts/1"},
+            {
+                "op": "add",
+                "path": "/spec/containers/0/volumeMounts/-",
+                "value": {"name": "z", "mountPath": "/z"},
+            },
+        ],
+        id="replace-remove-from-the-end-then-append",
+    ),
+    pytest.param(
+        {"spec": {"containers": [{"volumeMounts": [{"name": "a"}, {"name": "b"}]}]}},
+        (ListEdit(("spec", "containers", 0, "volumeMounts"), remove=(0, 1)),),
+        [
+            {"op": "remove", "path": "/spec/containers/0/volumeMounts/1"},
+            {"op": "remove", "path": "/spec/containers/0/volumeMounts/0"},
+        ],
+        id="remove-every-entry",
+    ),
+    pytest.param(
         {},
         (SetMember((), "metadata", {"annotations": {"k": "v"}}),),
         [{"op": "add", "path": "/metadata", "value": {"annotations": {"k": "v"}}}],

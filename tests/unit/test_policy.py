@@ -345,6 +345,95 @@ def test_foreign_token_volume_and_mount_are_replaced() -> None:
     assert "patch" not in response(run(after))
 
 
+@pytest.mark.parametrize(
+    "inside",
+    [
+        TOKEN_PATH,  # a subPath file over the token
+        TOKEN_DIR + "/vault-ca.crt",  # ... over where the CA is projected
+        TOKEN_DIR + "/sub/dir",
+        TOKEN_DIR + "//token",  # spellings the kernel resolves to the same place
+        TOKEN_DIR + "/./token/",
+        "/var/run/secrets/greentic/x/../vault/token",
+    ],
+)
+def test_a_mount_inside_the_token_folder_is_removed(inside: str) -> None:
+    """A mount inside the folder would hide what the kubelet projects there: the patch removes it."""
+    obj = pod(
+        containers=[
+            container(
+                volumeMounts=[
+                    {"name": "data", "mountPath": "/data"},
+                    {"name": "mine", "mountPath": inside, "subPath": "t"},
+                    {"name": "data", "mountPath": TOKEN_DIR + "-other"},  # a sibling, not inside
+                    {
+                        "name": "data",
+                        "mountPath": "/var/run/secrets/greentic",
+                    },  # a parent: ours lands inside it
+                ]
+            )
+        ],
+        volumes=[{"name": "data", "emptyDir": {}}, {"name": "mine", "emptyDir": {}}],
+    )
+    outcome = run(obj)
+    assert outcome.decision == "warned"  # allowed, with the warning
+    assert outcome.rules == (c.RULE_VAULT_SETTINGS_OVERRIDE,)
+    assert response(outcome)["warnings"] == [
+        f"vault-settings-override: container app: mount inside {TOKEN_DIR} removed"
+    ]
+    assert {"op": "remove", "path": "/spec/containers/0/volumeMounts/1"} in patch_of(outcome)
+    after = patched(obj, outcome)
+    assert after["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": "data", "mountPath": "/data"},
+        {"name": "data", "mountPath": TOKEN_DIR + "-other"},
+        {"name": "data", "mountPath": "/var/run/secrets/greentic"},
+        {"name": c.VAULT_TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+    ]
+    assert "patch" not in response(run(after))
+    assert run(after, "validate").rules == ()
+    assert_clean(outcome)
+
+
+def test_mounts_inside_the_folder_go_and_one_on_it_is_replaced_in_one_patch() -> None:
+    """Several in one container: the foreign mount on the folder is replaced, every one inside removed."""
+    obj = pod(
+        containers=[
+            container(
+                volumeMounts=[
+                    {"name": "a", "mountPath": TOKEN_PATH, "subPath": "t"},
+                    {"name": "b", "mountPath": TOKEN_DIR + "/"},
+                    {"name": "c", "mountPath": TOKEN_DIR + "/vault-ca.crt", "subPath": "ca"},
+                ]
+            ),
+            container("clean"),
+        ],
+        initContainers=[container("init", volumeMounts=[{"name": "a", "mountPath": TOKEN_PATH}])],
+        volumes=[{"name": name, "emptyDir": {}} for name in "abc"],
+    )
+    outcome = run(obj)
+    ours = {"name": c.VAULT_TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}
+    after = patched(obj, outcome)
+    assert after["spec"]["containers"][0]["volumeMounts"] == [ours]
+    assert after["spec"]["containers"][1]["volumeMounts"] == [ours]
+    assert after["spec"]["initContainers"][0]["volumeMounts"] == [ours]
+    warnings = response(outcome)["warnings"]
+    assert f"vault-settings-override: container app: mount inside {TOKEN_DIR} removed" in warnings
+    assert f"vault-settings-override: container init: mount inside {TOKEN_DIR} removed" in warnings
+    assert "patch" not in response(run(after))
+
+
+def test_a_mount_inside_the_folder_warns_on_validate_and_in_a_template() -> None:
+    """/validate cannot patch: it says the mount is not allowed; a Deployment is told it will be removed."""
+    obj = pod(
+        serviceAccountName=BADGE,
+        containers=[container(volumeMounts=[{"name": "m", "mountPath": TOKEN_PATH, "subPath": "t"}])],
+        volumes=[{"name": "m", "emptyDir": {}}],
+    )
+    validated = run(obj, "validate")
+    assert f"container app: mount inside {TOKEN_DIR} is not allowed" in response(validated)["warnings"][0]
+    templated = run(controller("Deployment", obj), kind="Deployment")
+    assert f"container app: mount inside {TOKEN_DIR} will be removed" in response(templated)["warnings"][0]
+
+
 # --- The Vault CA from a ConfigMap (environments.<env>.vault.caConfigMap; env "secure") ------------------
 
 SECURE = "acme-secure"

@@ -72,6 +72,8 @@ mount = st.one_of(
     st.just({"name": c.VAULT_TOKEN_VOLUME, "mountPath": TOKEN_DIR}),
     st.just({"name": "data", "mountPath": TOKEN_DIR + "/"}),
     st.just({"name": c.VAULT_TOKEN_VOLUME, "mountPath": "/elsewhere", "readOnly": True}),
+    st.just({"name": "data", "mountPath": TOKEN_DIR + "/token", "subPath": "t"}),  # inside: removed
+    st.just({"name": "data", "mountPath": TOKEN_DIR + "//vault-ca.crt"}),
 )
 optional_list: st.SearchStrategy[str | list[Any] | None] = st.one_of(
     st.none(), st.just("absent"), st.just([])

@@ -37,11 +37,15 @@ class SetMember:
 
 @dataclass(frozen=True, slots=True)
 class ListEdit:
-    """Edit the list at ``path`` (which exists): replace entries in place, then append."""
+    """Edit the list at ``path`` (which exists): replace entries in place, remove entries, then append.
+
+    Every index is one of the list as it is before the edit.
+    """
 
     path: Path
     replace: tuple[tuple[int, Any], ...] = ()
     append: tuple[Any, ...] = ()
+    remove: tuple[int, ...] = ()
 
 
 Edit = SetMember | ListEdit
@@ -78,6 +82,9 @@ def to_json_patch(edits: Iterable[Edit]) -> list[dict[str, Any]]:
             # Replacements first, while the indices still point at the entries they were computed for.
             for index, value in edit.replace:
                 document.append({"op": "replace", "path": f"{base}/{index}", "value": value})
+            # Then removals from the highest index down: each leaves the lower indices where they were.
+            for index in sorted(edit.remove, reverse=True):
+                document.append({"op": "remove", "path": f"{base}/{index}"})
             if edit.append:
                 end = f"{base}/{APPEND}"
                 document += [{"op": "add", "path": end, "value": value} for value in edit.append]
@@ -126,5 +133,7 @@ def apply_edits(document: Mapping[str, Any], edits: Iterable[Edit]) -> dict[str,
             entries = container(edit.path)
             for index, value in edit.replace:
                 entries[index] = value
+            for index in sorted(edit.remove, reverse=True):
+                del entries[index]
             entries.extend(edit.append)
     return root

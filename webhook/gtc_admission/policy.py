@@ -12,6 +12,7 @@ shown through ``_show`` (ASCII, shortened), because the object may not come from
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class Override:
     where: str  # field path of the replaced entry
     container: str  # shown container name, "" for the pod-level volume
     what: str  # the variable name, or a description of the volume / mount
+    removed: bool = False  # the patch removes the entry instead of replacing it
 
 
 # An env entry of the pod by (container list, container index, entry index).
@@ -425,8 +427,17 @@ def _container_name(container: Mapping[str, Any]) -> str:
     return _show(container.get("name"), _NAME_IN_WARNING)
 
 
-def _same_dir(mount_path: str, directory: str) -> bool:
-    return mount_path.rstrip("/") == directory
+def _placement(mount_path: str, directory: str) -> Literal["at", "inside"] | None:
+    """Where a container's mount lands relative to the token folder: on it, inside it, or elsewhere.
+
+    Compared as the kernel resolves the path (``/a//b/./c/`` is ``/a/b/c``), so spelling cannot hide it.
+    """
+    normalized = "/" + posixpath.normpath(mount_path).lstrip("/")
+    if normalized == directory:
+        return "at"
+    if normalized.startswith(directory + "/"):
+        return "inside"
+    return None
 
 
 def plan_worker(
@@ -548,10 +559,25 @@ def _plan_mount(
 ) -> None:
     mounts_value = container.get("volumeMounts")
     replace: list[tuple[int, Any]] = []
+    remove: list[int] = []
     present = False
     for mi, mount in enumerate(_dicts(mounts_value, where, ".volumeMounts")):
         path = _string(mount.get("mountPath"), where, ".volumeMounts[", mi, "].mountPath")
-        if path is None or not _same_dir(path, settings.mount_dir):
+        placement = None if path is None else _placement(path, settings.mount_dir)
+        if placement is None:
+            continue
+        if placement == "inside":
+            # A file or folder mounted inside the token folder (a subPath mount at .../token, say) would
+            # shadow what the kubelet projects there: the token, or the Vault CA. It is removed.
+            remove.append(mi)
+            overrides.append(
+                Override(
+                    f"{where}.volumeMounts[{mi}]",
+                    _container_name(container),
+                    f"mount inside {settings.mount_dir}",
+                    removed=True,
+                )
+            )
             continue
         present = True
         # Compare only what the webhook sets (name, folder, read-only); anything else mounted on the
@@ -567,18 +593,26 @@ def _plan_mount(
             )
     if mounts_value is None:
         edits.append(SetMember(at, "volumeMounts", [token_mount(settings)]))
-    elif replace or not present:
+    elif replace or remove or not present:
         edits.append(
-            ListEdit((*at, "volumeMounts"), tuple(replace), () if present else (token_mount(settings),))
+            ListEdit(
+                (*at, "volumeMounts"),
+                tuple(replace),
+                () if present else (token_mount(settings),),
+                tuple(remove),
+            )
         )
 
 
 def _override_finding(override: Override, phase: Literal["mutate", "validate", "template"]) -> Finding:
-    outcome = {
-        "mutate": "replaced with the configured value",
-        "validate": "differs from the configured value",
-        "template": "will be replaced with the configured value",
-    }[phase]
+    if override.removed:
+        outcome = {"mutate": "removed", "validate": "is not allowed", "template": "will be removed"}[phase]
+    else:
+        outcome = {
+            "mutate": "replaced with the configured value",
+            "validate": "differs from the configured value",
+            "template": "will be replaced with the configured value",
+        }[phase]
     subject = f"container {override.container}: {override.what}" if override.container else override.what
     return Finding(
         rule=c.RULE_VAULT_SETTINGS_OVERRIDE,
