@@ -25,7 +25,7 @@ from gtc_admission.admission import (
     handle_review,
     review_with_edits,
 )
-from gtc_admission.bindings import StaticBindings
+from gtc_admission.bindings import BindingSource, StaticBindings
 from gtc_admission.config import Config
 from gtc_admission.patch import apply_edits
 from gtc_admission.review import API_VERSION, REVIEW_KIND, BadRequest, TooDeep
@@ -189,12 +189,20 @@ def _combine(mutated: Outcome, validated: Outcome | None) -> OfflineResult:
 
 def review_text(text: str, *, config: Config, namespace: str | None) -> OfflineResult:
     """Review INPUT text as the webhook would (static bindings only); ReviewInputError on bad input."""
-    document = parse_input(text)
+    return review_document(
+        parse_input(text), config=config, bindings=StaticBindings(config.namespaces), namespace=namespace
+    )
+
+
+def review_document(
+    document: dict[str, Any], *, config: Config, bindings: BindingSource, namespace: str | None
+) -> OfflineResult:
+    """Review one parsed AdmissionReview or object as the webhook would, with the given namespace bindings
+    (the config's static ones offline, the cluster's labels for an audit); ReviewInputError on bad input."""
     if document.get("kind") == REVIEW_KIND:
         body = _with_namespace(document, namespace)
     else:
         body = _wrap_manifest(document, namespace)
-    bindings = StaticBindings(config.namespaces)
     try:
         mutated, edits = review_with_edits(body, endpoint="mutate", config=config, bindings=bindings)
     except BadRequest as exc:
