@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from gtc_admission import constants as c
+from gtc_admission.api_token import is_api_access_volume
 
 T = TypeVar("T")
 
@@ -431,6 +432,15 @@ def worker_problems(pod: Mapping[str, Any], expected: Mapping[str, str], badge: 
     ]
     if not token_volumes:
         problems.append("no projected serviceAccountToken volume")
+    # The ServiceAccount plugin's API token (added while the pod was on "default") must be gone.
+    for volume in spec.get("volumes") or []:
+        if is_api_access_volume(volume):
+            problems.append(f"carries the Kubernetes API token volume {volume.get('name')}")
+    for key in ("initContainers", "containers"):
+        for container in spec.get(key) or []:
+            for mount in container.get("volumeMounts") or []:
+                if mount.get("mountPath") == c.API_ACCESS_MOUNT_PATH:
+                    problems.append(f"container {container.get('name')}: mounts {c.API_ACCESS_MOUNT_PATH}")
     return problems
 
 

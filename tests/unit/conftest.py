@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gtc_admission import constants as c
 from gtc_admission.bindings import StaticBindings
 from gtc_admission.config import Config, parse_config
 
@@ -119,6 +120,52 @@ def pod(
         "metadata": {"generateName": "worker-", "labels": pod_labels},
         "spec": pod_spec,
     }
+
+
+API_ACCESS_VOLUME = "kube-api-access-x7k2d"
+
+
+def api_access_volume(name: str = API_ACCESS_VOLUME) -> dict[str, Any]:
+    """The API-token volume exactly as the ServiceAccount admission plugin writes it (before webhooks)."""
+    return {
+        "name": name,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {
+                                "path": "namespace",
+                                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                            }
+                        ]
+                    }
+                },
+            ],
+        },
+    }
+
+
+def as_admitted(obj: dict[str, Any], name: str = API_ACCESS_VOLUME) -> dict[str, Any]:
+    """The pod as the API server hands it to webhooks on CREATE: after the ServiceAccount plugin, which
+    (its ServiceAccount not opting out) appends its API-token volume and mounts it read-only in every
+    container and init container that has nothing mounted at the token folder yet."""
+    result = copy.deepcopy(obj)
+    spec = result["spec"]
+    if spec.get("automountServiceAccountToken") is False:
+        return result
+    spec.setdefault("serviceAccountName", "default")
+    spec["volumes"] = [*(spec.get("volumes") or []), api_access_volume(name)]
+    for list_name in ("initContainers", "containers"):
+        for item in spec.get(list_name) or []:
+            mounts = item.get("volumeMounts") or []
+            if all(m.get("mountPath") != c.API_ACCESS_MOUNT_PATH for m in mounts):
+                mount = {"name": name, "readOnly": True, "mountPath": c.API_ACCESS_MOUNT_PATH}
+                item["volumeMounts"] = [*mounts, mount]
+    return result
 
 
 def controller(kind: str, template: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from e2e import kube, layout, plan, stack
 from gtc_admission import constants as c
 from gtc_admission.config import parse_config
 from gtc_admission.offline import review_text
+from tests.unit.conftest import API_ACCESS_VOLUME, as_admitted
 
 CANARY = "CANARY-e2e-7c1d-never-shown"
 BADGE = "gtc-worker"
@@ -423,6 +424,15 @@ def test_worker_problems_name_every_gap() -> None:
         "container app: GREENTIC_SECRETS_BACKEND=None, want 'vault'",
         "container app: VAULT_ADDR='https://evil:8200', want 'https://vault.vault.svc:8200'",
         "no projected serviceAccountToken volume",
+    ]
+
+
+def test_worker_problems_name_the_api_token_left_by_the_service_account_plugin() -> None:
+    """A worker that still carries the plugin's kube-api-access volume and its mount is not on Vault."""
+    pod = as_admitted(patched_pod())
+    assert h.worker_problems(pod, EXPECTED_ENV, BADGE) == [
+        f"carries the Kubernetes API token volume {API_ACCESS_VOLUME}",
+        f"container app: mounts {c.API_ACCESS_MOUNT_PATH}",
     ]
 
 

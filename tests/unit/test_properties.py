@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from gtc_admission import constants as c
 from gtc_admission.admission import Outcome, handle_review, review_with_edits
+from gtc_admission.api_token import is_api_access_volume
 from gtc_admission.patch import apply_edits
 from tests.unit.conftest import (
     BADGE,
@@ -25,6 +26,8 @@ from tests.unit.conftest import (
     CONFIG,
     DEV_SECRET,
     TOKEN_DIR,
+    api_access_volume,
+    as_admitted,
     review,
 )
 
@@ -120,6 +123,13 @@ volume = st.one_of(
         }
     ),
     st.just({"name": "legacy", "projected": {"sources": [{"secret": {"name": DEV_SECRET}}]}}),
+    # The API-token volume's name prefix on a volume of another shape: the deployer's own, never touched.
+    st.just(
+        {
+            **api_access_volume("kube-api-access-own"),
+            "projected": {"sources": [{"serviceAccountToken": {"audience": "sts", "path": "token"}}]},
+        }
+    ),
     # The token volume with the CA source of environment "secure": exact, tampered, next to a Secret.
     *(
         st.just(
@@ -175,6 +185,7 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
         spec, "serviceAccountName", draw(st.sampled_from(["absent", None, "", "default", BADGE, "app-sa"]))
     )
     _field(spec, "serviceAccount", draw(st.sampled_from(["absent", "", "default", BADGE, "app-sa"])))
+    _field(spec, "automountServiceAccountToken", draw(st.sampled_from(["absent", "absent", True, False])))
     _field(spec, "initContainers", draw(st.one_of(st.just("absent"), containers(0))))
     _field(
         spec,
@@ -183,11 +194,15 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     )
     obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "spec": spec}
     _field(obj, "metadata", draw(st.sampled_from([metadata] * 9 + ["absent"])))
+    if draw(st.booleans()) and all(isinstance(item, dict) for item in spec.get("volumes") or []):
+        # As the API server hands it over: after the ServiceAccount plugin's API-token volume and mounts.
+        obj = as_admitted(obj)
     # Through JSON, as the API server sends it: st.just() shares objects, a decoded body never does.
     decoded: dict[str, Any] = json.loads(json.dumps(obj))
     return decoded
 
 
+VAULT_NAMESPACES = frozenset({"acme-prod", "acme-stage", "acme-canary", "acme-secure"})
 namespaces = st.sampled_from(
     ["acme-prod", "acme-prod", "acme-stage", "acme-canary", "acme-secure", "acme-dev", "unbound"]
 )
@@ -237,8 +252,21 @@ def test_patch_applies_cleanly_and_matches_the_judged_view(obj: dict[str, Any], 
     if outcome.decision == "denied":
         assert patch == []
         return
-    assert jsonpatch.apply_patch(original, patch) == apply_edits(original, edits)
+    result = jsonpatch.apply_patch(original, patch)
+    assert result == apply_edits(original, edits)
     assert [op["path"] for op in patch] == outcome.audit["patched"]
+    # Only the plugin's API-token volume (on a worker) and a volume named like ours are ever taken away.
+    kept = result["spec"].get("volumes") or []
+    for volume in original["spec"].get("volumes") or []:
+        if volume not in kept:
+            assert volume["name"] == c.VAULT_TOKEN_VOLUME or (
+                is_api_access_volume(volume) and outcome.audit["component"] == "worker"
+            )
+    # No mount is left of a volume the patch removed.
+    gone = {v["name"] for v in original["spec"].get("volumes") or []} - {v["name"] for v in kept}
+    for list_name in ("containers", "initContainers"):
+        for item in result["spec"].get(list_name) or []:
+            assert not gone & {m["name"] for m in item.get("volumeMounts") or []}
 
 
 @PROPERTY_SETTINGS
@@ -261,9 +289,15 @@ def test_patched_pod_passes_validate(obj: dict[str, Any], namespace: str) -> Non
     """/validate of the patched pod fires exactly the deny rules /mutate fired (allowed when mutate was)."""
     first = _mutate(obj, namespace)
     event(f"mutate {first.decision}, {first.audit['component']}")
+    # The patch always removes the plugin's API token from a worker, so /mutate never reports it.
+    assert c.RULE_WORKER_API_TOKEN not in first.rules
     if first.decision == "denied":
         return
     once = jsonpatch.apply_patch(obj, _patch(first))
+    if first.audit["component"] == "worker" and namespace in VAULT_NAMESPACES:
+        api_volumes = [v for v in once["spec"].get("volumes") or [] if is_api_access_volume(v)]
+        event(f"api token kept: {bool(api_volumes)}")
+        assert not api_volumes or once["spec"].get("automountServiceAccountToken") is True
     validated = handle_review(
         review(once, namespace=namespace), endpoint="validate", config=CONFIG, bindings=BINDINGS
     )

@@ -43,6 +43,12 @@ DEFAULT_CA_CONFIG_MAP_KEY: Final = "ca.crt"
 # --- ServiceAccount names. ---
 DEFAULT_SERVICE_ACCOUNT: Final = "default"
 
+# --- The Kubernetes API token the ServiceAccount admission plugin mounts (it runs before webhooks, while a
+# worker is still on "default"); the worker mutation removes it: a worker holds only its Vault token. ---
+API_ACCESS_VOLUME_PREFIX: Final = "kube-api-access-"
+API_ACCESS_ROOT_CA_CONFIG_MAP: Final = "kube-root-ca.crt"
+API_ACCESS_MOUNT_PATH: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
+
 # --- Components a pod can be classified as (by the configured label selectors). ---
 COMPONENT_WORKER: Final = "worker"
 COMPONENT_ROUTER: Final = "router"
@@ -55,6 +61,8 @@ RULE_DEV_SECRET_REFERENCE: Final = "dev-secret-reference"  # noqa: S105 (a name,
 RULE_WORKER_SERVICE_ACCOUNT: Final = "worker-service-account"
 RULE_ROUTER_BADGE: Final = "router-badge"
 RULE_UNKNOWN_SECRETS_PACK: Final = "unknown-secrets-pack"
+# A worker that carries the Kubernetes API token volume (the mutation removes it; /validate reports it).
+RULE_WORKER_API_TOKEN: Final = "worker-api-token"  # noqa: S105 (a name, not a credential)
 # Not a policy rule: the namespace cache has not synced yet, so a worker cannot be judged (retriable).
 RULE_BINDINGS_NOT_READY: Final = "bindings-not-ready"
 # Not a policy rule: an unexpected internal error on a valid review (fail closed).

@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import Any, Final, Literal
 
 from gtc_admission import constants as c
+from gtc_admission.api_token import api_access_volumes
 from gtc_admission.bindings import BindingSource
 from gtc_admission.config import (
     CAConfigMap,
@@ -120,6 +121,7 @@ class WorkerPlan:
     replaced_env: frozenset[EnvIndex] = frozenset()
     replaced_volumes: frozenset[int] = frozenset()
     service_account: str | None = None  # set by the patch; None: as sent
+    removed_volumes: frozenset[int] = frozenset()  # the API-token volumes the patch removes
 
 
 AS_SENT: Final = WorkerPlan((), ())  # no patch: the rules judge the pod as it was sent
@@ -455,6 +457,11 @@ def plan_worker(
     replaced_env: set[EnvIndex] = set()
 
     effective, alias = effective_service_account(spec, prefix)
+    volumes_value = spec.get("volumes")
+    volumes = _dicts(volumes_value, prefix, "spec.volumes")
+    # The API token the ServiceAccount plugin mounted while the pod was on "default" goes, with its mounts:
+    # a worker's only token is the Vault one (api_token.py says why and how it is recognised).
+    api_volumes = api_access_volumes(spec, volumes)
     service_account: str | None = None
     if effective in ("", c.DEFAULT_SERVICE_ACCOUNT):
         service_account = badge
@@ -472,12 +479,19 @@ def plan_worker(
                 container, where=where, at=at, settings=settings, edits=edits, overrides=overrides
             )
             replaced_env.update((list_name, ci, ei) for ei in replaced)
-            _plan_mount(container, where=where, at=at, settings=settings, edits=edits, overrides=overrides)
+            _plan_mount(
+                container,
+                where=where,
+                at=at,
+                settings=settings,
+                edits=edits,
+                overrides=overrides,
+                drop=frozenset(api_volumes.values()),
+            )
 
-    volumes_value = spec.get("volumes")
     replace: list[tuple[int, Any]] = []
     found = False
-    for vi, volume in enumerate(_dicts(volumes_value, prefix, "spec.volumes")):
+    for vi, volume in enumerate(volumes):
         if volume.get("name") == c.VAULT_TOKEN_VOLUME:
             found = True
             if not _is_token_volume(volume, settings):
@@ -487,9 +501,14 @@ def plan_worker(
                 )
     if volumes_value is None:
         edits.append(SetMember(("spec",), "volumes", [token_volume(settings)]))
-    elif replace or not found:
+    elif replace or api_volumes or not found:
         edits.append(
-            ListEdit(("spec", "volumes"), tuple(replace), () if found else (token_volume(settings),))
+            ListEdit(
+                ("spec", "volumes"),
+                tuple(replace),
+                () if found else (token_volume(settings),),
+                tuple(api_volumes),
+            )
         )
 
     metadata = _metadata(root, prefix)
@@ -513,6 +532,7 @@ def plan_worker(
         frozenset(replaced_env),
         frozenset(index for index, _ in replace),
         service_account,
+        frozenset(api_volumes),
     )
 
 
@@ -562,12 +582,17 @@ def _plan_mount(
     settings: WorkerSettings,
     edits: list[Edit],
     overrides: list[Override],
+    drop: frozenset[str],
 ) -> None:
+    """Plans the container's mounts: ours on the token folder, none inside it, none of a ``drop`` volume."""
     mounts_value = container.get("volumeMounts")
     replace: list[tuple[int, Any]] = []
     remove: list[int] = []
     present = False
     for mi, mount in enumerate(_dicts(mounts_value, where, ".volumeMounts")):
+        if drop and isinstance(mount.get("name"), str) and mount["name"] in drop:
+            remove.append(mi)  # its volume goes: a mount of a missing volume would make the pod invalid
+            continue
         path = _string(mount.get("mountPath"), where, ".volumeMounts[", mi, "].mountPath")
         placement = None if path is None else _placement(path, settings.mount_dir)
         if placement is None:
@@ -642,7 +667,8 @@ def deny_rules(
     planned: WorkerPlan = AS_SENT,
 ) -> list[Finding]:
     """The deny rules on one pod (or template): dev-secret-reference, worker-service-account,
-    tenant-mismatch, router-badge; on the pod as it will be after the ``planned`` worker patch."""
+    tenant-mismatch, worker-api-token, router-badge; on the pod as it will be after the ``planned`` worker
+    patch."""
     spec = _spec(root, prefix)
     findings: list[Finding] = []
     refs = forbidden_references(
@@ -677,6 +703,7 @@ def deny_rules(
             )
         if settings is not None:
             findings.extend(_tenant_mismatches(spec, prefix, settings))
+            findings.extend(_api_token_findings(spec, prefix, planned))
     elif component == c.COMPONENT_ROUTER:
         effective, _ = effective_service_account(spec, prefix)
         if effective == badge:
@@ -688,6 +715,31 @@ def deny_rules(
                 )
             )
     return findings
+
+
+def _api_token_findings(spec: Mapping[str, Any], prefix: str, planned: WorkerPlan) -> list[Finding]:
+    """worker-api-token: the ServiceAccount plugin's API-token volume, where the patch does not remove it
+    (a /validate of a pod the mutating webhook did not see, or that another webhook gave it again)."""
+    volumes = _dicts(spec.get("volumes"), prefix, "spec.volumes")
+    carried = [
+        (index, name)
+        for index, name in api_access_volumes(spec, volumes).items()
+        if index not in planned.removed_volumes
+    ]
+    if not carried:
+        return []
+    name = carried[0][1]
+    where = ", ".join(f"{prefix}spec.volumes[{i}]" for i, _ in carried)
+    return [
+        Finding(
+            rule=c.RULE_WORKER_API_TOKEN,
+            message=(
+                f"a worker must not carry the Kubernetes API token (volume {_show(name)} at {where}); "
+                "its only token is the Vault one, unless the pod sets automountServiceAccountToken: true"
+            ),
+            warning=_warning(c.RULE_WORKER_API_TOKEN, f"a worker must not carry API token {_show(name)}"),
+        )
+    ]
 
 
 def _tenant_mismatches(spec: Mapping[str, Any], prefix: str, settings: WorkerSettings) -> list[Finding]:
