@@ -295,6 +295,8 @@ class App:
     readiness_path: str | None = None
     pod_security: Mapping[str, Any] = field(default_factory=lambda: dict(RESTRICTED_POD_SECURITY))
     container_security: Mapping[str, Any] = field(default_factory=lambda: dict(RESTRICTED_CONTAINER_SECURITY))
+    # The pod's enableServiceLinks; None leaves the cluster's default (on).
+    service_links: bool | None = None
 
 
 def container_of(app: App) -> dict[str, Any]:
@@ -323,6 +325,16 @@ def _pod_labels(app: App) -> dict[str, str]:
     return {SUITE_LABEL: "true", "app": app.name, **app.labels}
 
 
+def _pod_spec(app: App, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "securityContext": json.loads(json.dumps(app.pod_security)),
+        "containers": [container_of(app)],
+    }
+    if app.service_links is not None:
+        spec["enableServiceLinks"] = app.service_links
+    return {**spec, **(extra or {})}
+
+
 def deployment_manifest(
     app: App, *, replicas: int = 1, pod_spec_extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -336,11 +348,7 @@ def deployment_manifest(
             "selector": {"matchLabels": {"app": app.name}},
             "template": {
                 "metadata": {"labels": _pod_labels(app)},
-                "spec": {
-                    "securityContext": json.loads(json.dumps(app.pod_security)),
-                    "containers": [container_of(app)],
-                    **(pod_spec_extra or {}),
-                },
+                "spec": _pod_spec(app, pod_spec_extra),
             },
         },
     }
@@ -352,12 +360,7 @@ def pod_manifest(app: App, *, pod_spec_extra: Mapping[str, Any] | None = None) -
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": app.name, "namespace": app.namespace, "labels": _pod_labels(app)},
-        "spec": {
-            "securityContext": json.loads(json.dumps(app.pod_security)),
-            "containers": [container_of(app)],
-            "restartPolicy": "Never",
-            **(pod_spec_extra or {}),
-        },
+        "spec": _pod_spec(app, {"restartPolicy": "Never", **(pod_spec_extra or {})}),
     }
 
 

@@ -51,6 +51,8 @@ class WorkerPlan:
     readiness_path: str | None
     pod_security_context: Mapping[str, Any]
     container_security_context: Mapping[str, Any]
+    # The example's enableServiceLinks (None: not set), so that extra workers copy it too.
+    service_links: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ def worker_plan(objects: Sequence[Mapping[str, Any]], layout: Layout) -> WorkerP
         readiness_path=_readiness_path(container),
         pod_security_context=dict((h.pod_spec_of(deployment) or {}).get("securityContext") or {}),
         container_security_context=dict(container.get("securityContext") or {}),
+        service_links=(h.pod_spec_of(deployment) or {}).get("enableServiceLinks"),
     )
 
 
@@ -251,4 +254,5 @@ def worker_app(
         readiness_path=worker.readiness_path,
         pod_security=worker.pod_security_context or h.RESTRICTED_POD_SECURITY,
         container_security=worker.container_security_context or h.RESTRICTED_CONTAINER_SECURITY,
+        service_links=worker.service_links,
     )

@@ -26,8 +26,12 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 ENV_WEBHOOK_SECRET: Final = "WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a password
+# Never a name the kubelet generates for a Service (<NAME>_SERVICE_HOST, <NAME>_SERVICE_PORT[_<PORT NAME>],
+# <NAME>_PORT, <NAME>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]): a pod gets those for every Service of its
+# namespace, so DEMO_WORKER_PORT was `tcp://<cluster IP>:80` wherever a Service `demo-worker` exists and the
+# worker refused to start (issue 10). tests/unit/test_service_links.py checks every variable read here.
 ENV_HOST: Final = "DEMO_WORKER_HOST"
-ENV_PORT: Final = "DEMO_WORKER_PORT"
+ENV_PORT: Final = "DEMO_WORKER_PORT_NUMBER"
 ENV_LOG_LEVEL: Final = "DEMO_WORKER_LOG_LEVEL"
 HEADER_WEBHOOK_SECRET: Final = "X-Webhook-Secret"  # noqa: S105 - a header name, not a password
 REFERENCE_SCHEME: Final = "secret://"

@@ -14,13 +14,19 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gtc_secrets import demo_worker as dw
 from tests.support.processes import stop_process
+from tests.support.service_links import container_environment, link_variables, master_service, services_in
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+EXAMPLE = DEPLOY / "examples" / "acme-prod"
 
 CANARY = "CANARY-3d9b7e21-demo-worker-secret"
 WRONG = "WRONG-a7c4e0f2-presented-value"
@@ -52,9 +58,9 @@ def test_settings_repr_hides_the_secret() -> None:
         ({}, "WEBHOOK_SECRET is not set"),
         ({"WEBHOOK_SECRET": ""}, "WEBHOOK_SECRET is not set"),
         ({"WEBHOOK_SECRET": "secret://webhook/inbound"}, "still a secret:// reference"),
-        ({"WEBHOOK_SECRET": "x", "DEMO_WORKER_PORT": "http"}, "DEMO_WORKER_PORT='http' is not a port"),
-        ({"WEBHOOK_SECRET": "x", "DEMO_WORKER_PORT": "0"}, "out of range"),
-        ({"WEBHOOK_SECRET": "x", "DEMO_WORKER_PORT": "65536"}, "out of range"),
+        ({"WEBHOOK_SECRET": "x", dw.ENV_PORT: "http"}, f"{dw.ENV_PORT}='http' is not a port"),
+        ({"WEBHOOK_SECRET": "x", dw.ENV_PORT: "0"}, "out of range"),
+        ({"WEBHOOK_SECRET": "x", dw.ENV_PORT: "65536"}, "out of range"),
     ],
 )
 def test_settings_refusals_name_the_variable(environ: dict[str, str], fragment: str) -> None:
@@ -64,7 +70,7 @@ def test_settings_refusals_name_the_variable(environ: dict[str, str], fragment: 
 
 
 def test_settings_host_and_port_from_env() -> None:
-    """DEMO_WORKER_HOST and DEMO_WORKER_PORT override the defaults."""
+    """DEMO_WORKER_HOST and DEMO_WORKER_PORT_NUMBER override the defaults."""
     s = dw.DemoWorkerSettings.from_environ(
         {dw.ENV_WEBHOOK_SECRET: CANARY, dw.ENV_HOST: "127.0.0.1", dw.ENV_PORT: "9000"}
     )
@@ -214,22 +220,22 @@ def _wait_healthy(base: str, process: subprocess.Popen[bytes], log_file: Path) -
     pytest.fail(f"the worker did not answer /healthz in time: {log_file.read_text()}")
 
 
-def test_boots_through_gtc_secrets_exec(tmp_path: Path) -> None:
-    """The image's command line, with the dev-store backend: the reference resolves, 200 / 401."""
+def _dev_store_environ(tmp_path: Path) -> dict[str, str]:
+    """What the webhook and the image give the worker, with the dev-store backend in place of Vault."""
     store = tmp_path / "dev.secrets"
     store.write_text(json.dumps({"prod/acme/core/webhook/inbound": CANARY}))
-    port = _free_port()
-    env = {
+    return {
         "PATH": os.environ.get("PATH", ""),
         "GREENTIC_SECRETS_BACKEND": "dev-store",
         "GREENTIC_DEV_SECRETS_FILE": str(store),
         "GREENTIC_ENV": "prod",
         "GREENTIC_TENANT": "acme",
         "GREENTIC_TEAM": "core",
-        dw.ENV_WEBHOOK_SECRET: "secret://webhook/inbound",
-        dw.ENV_HOST: "127.0.0.1",
-        dw.ENV_PORT: str(port),
     }
+
+
+def _boot_and_check(tmp_path: Path, env: dict[str, str], port: int) -> None:
+    """Start the image's command line with ``env``: the reference resolves, /hook answers 200 / 401."""
     gtc_secrets = str(Path(sys.executable).parent / "gtc-secrets")
     command = [gtc_secrets, "exec", "--", sys.executable, "-m", "gtc_secrets.demo_worker"]
     log_file = tmp_path / "worker.log"
@@ -242,6 +248,49 @@ def test_boots_through_gtc_secrets_exec(tmp_path: Path) -> None:
     output = log_file.read_text()
     assert "listening on http://127.0.0.1" in output
     assert CANARY not in output and WRONG not in output
+
+
+def test_boots_through_gtc_secrets_exec(tmp_path: Path) -> None:
+    """The image's command line, with the dev-store backend: the reference resolves, 200 / 401."""
+    port = _free_port()
+    env = {
+        **_dev_store_environ(tmp_path),
+        dw.ENV_WEBHOOK_SECRET: "secret://webhook/inbound",
+        dw.ENV_HOST: "127.0.0.1",
+        dw.ENV_PORT: str(port),
+    }
+    _boot_and_check(tmp_path, env, port)
+
+
+def _manifests(*folders: Path) -> list[dict[str, Any]]:
+    return [
+        doc
+        for folder in folders
+        for path in sorted(folder.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def test_boots_with_the_service_links_of_the_example(tmp_path: Path) -> None:
+    """Started as the kubelet starts it beside the example's Services (and Vault's, the webhook's and
+    ``kubernetes``), with service links on: it ignores them, resolves its secret and serves (issue 10)."""
+    objects = _manifests(EXAMPLE, DEPLOY / "vault", DEPLOY / "webhook")
+    services = [*services_in(objects), master_service()]
+    assert {"demo-worker", "vault", "gtc-admission"} <= {service.name for service in services}
+    links = link_variables(services)
+    (worker,) = [
+        o for o in objects if o.get("kind") == "Deployment" and o["metadata"]["name"] == "demo-worker"
+    ]
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    manifest_env = {str(e["name"]): str(e["value"]) for e in container["env"]}
+    port = _free_port()
+    # In a cluster the worker listens on its default address; here it needs a free port on loopback. That
+    # setting (and the dev store in place of the webhook's Vault settings) goes UNDER the link variables,
+    # so that it can never hide one: with a variable of a link's name, the link's value is what it reads.
+    test_settings = {**_dev_store_environ(tmp_path), dw.ENV_HOST: "127.0.0.1", dw.ENV_PORT: str(port)}
+    env = container_environment({**test_settings, **links}, manifest_env)
+    _boot_and_check(tmp_path, env, port)
 
 
 def test_refuses_to_start_when_run_without_exec(tmp_path: Path) -> None:

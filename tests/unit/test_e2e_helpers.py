@@ -800,6 +800,10 @@ def test_plan_of_the_real_deploy_folder(rendered_deploy: tuple[Path, plan.Deploy
     assert worker.image == "gtc-demo-worker:dev"
     assert worker.secret_ref.startswith("secret://")
     assert "serviceAccountName" not in json.dumps(worker.pod_security_context)
+    # Extra workers copy the example's enableServiceLinks: false (issue 10).
+    assert worker.service_links is False
+    extra = h.pod_manifest(plan.worker_app(worker, "extra"))
+    assert extra["spec"]["enableServiceLinks"] is False
     assert deployed.vault_ingress_policy["metadata"] == {
         **deployed.vault_ingress_policy["metadata"],
         "name": "vault-ingress",
