@@ -74,6 +74,27 @@ def cluster_credentials_from_env(environ: Mapping[str, str]) -> ClusterCredentia
     return None
 
 
+def client_configuration(
+    credentials: ClusterCredentials, *, context: str | None = None
+) -> k8s_client.Configuration:
+    """The kubernetes client's configuration from these credentials (``context``: of the kubeconfig);
+    raises kubernetes.config.ConfigException if they are unusable. No request is made."""
+    configuration = k8s_client.Configuration()
+    if credentials.in_cluster:
+        load_incluster: Callable[..., None] = k8s_config.load_incluster_config
+        load_incluster(client_configuration=configuration)
+    else:
+        # persist_config=False: never write refreshed tokens back into the operator's file.
+        load_kubeconfig: Callable[..., None] = k8s_config.load_kube_config
+        load_kubeconfig(
+            config_file=credentials.kubeconfig,
+            context=context,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    return configuration
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure part: what a namespace's labels and a watch event mean.
 # ---------------------------------------------------------------------------------------------
@@ -453,17 +474,7 @@ class KubernetesNamespaceApi:
     @classmethod
     def from_credentials(cls, credentials: ClusterCredentials) -> KubernetesNamespaceApi:
         """Load the credentials once (raises kubernetes.config.ConfigException if they are unusable)."""
-        configuration = k8s_client.Configuration()
-        if credentials.in_cluster:
-            load_incluster: Callable[..., None] = k8s_config.load_incluster_config
-            load_incluster(client_configuration=configuration)
-        else:
-            # persist_config=False: never write refreshed tokens back into the operator's file.
-            load_kubeconfig: Callable[..., None] = k8s_config.load_kube_config
-            load_kubeconfig(
-                config_file=credentials.kubeconfig, client_configuration=configuration, persist_config=False
-            )
-        return cls(k8s_client.ApiClient(configuration))
+        return cls(k8s_client.ApiClient(client_configuration(credentials)))
 
     def list_page(self, *, limit: int, continue_token: str | None) -> Mapping[str, Any]:
         """GET: /api/v1/namespaces"""
