@@ -41,6 +41,7 @@ from gtc_admission.namespace_cache import (
     interpret_event,
     parse_list_page,
 )
+from tests.support.kube_api import write_kubeconfig
 
 FAST = CacheSettings(backoff_initial_seconds=0.01, backoff_max_seconds=0.05, min_watch_seconds=0.2)
 
@@ -498,19 +499,7 @@ async def fake_kubernetes(tmp_path: Path) -> Any:
     app.router.add_get("/api/v1/namespaces", fake.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{server.port}"}}],
-                "users": [{"name": "tester", "user": {"token": "fake-token"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester"}}],
-                "current-context": "fake",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{server.port}", "fake-token")
     try:
         yield fake, kubeconfig
     finally:
