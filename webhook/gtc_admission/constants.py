@@ -70,8 +70,24 @@ RULE_INTERNAL_ERROR: Final = "internal-error"
 # The object under review has the wrong shape where a rule must look (e.g. spec.containers is a string).
 # The API server never sends such an object; curl and offline reviews can. Refused where a rule applies.
 RULE_INVALID_OBJECT: Final = "invalid-object"
+# A Secret named in forbiddenSecrets exists in a namespace whose environment uses Vault.
+RULE_DEV_SECRET_OBJECT: Final = "dev-secret-object"  # noqa: S105 (a name, not a credential)
 
 # --- Audit annotation keys on the AdmissionReview response (prefix-free keys; the API server adds the
 # webhook configuration's name as prefix). ---
 AUDIT_ANNOTATION_DECISION: Final = "decision"
 AUDIT_ANNOTATION_RULES: Final = "rules"
+
+# --- `gtc-admission audit`: PolicyReports (wgpolicyk8s.io/v1alpha2, the format Policy Reporter shows). ---
+POLICY_REPORT_GROUP: Final = "wgpolicyk8s.io"
+POLICY_REPORT_VERSION: Final = "v1alpha2"
+POLICY_REPORT_KIND: Final = "PolicyReport"
+POLICY_REPORT_PLURAL: Final = "policyreports"
+POLICY_REPORT_NAME: Final = "gtc-admission"  # one report per namespace, always this name
+POLICY_REPORT_SOURCE: Final = "gtc-admission"
+POLICY_REPORT_POLICY: Final = "gtc-secrets-in-vault"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY_AUDIT: Final = "gtc-admission-audit"
+# A finding only `gtc-admission audit` makes, never the webhook (not a RULE_: no audit line carries it): a
+# worker pod running without the Vault patch (created before the webhook).
+AUDIT_RULE_NOT_ON_VAULT: Final = "not-on-vault"
