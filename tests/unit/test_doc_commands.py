@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed: cannot read its flags")
 
-FENCE = re.compile(r"^\s*```")
+FENCE = re.compile(r"^\s*```(\w*)")
+# Fences that only ever show output (a JSON record may quote a kubectl command inside a string).
+OUTPUT_FENCES = frozenset({"json"})
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 KUBECTL_WORD = re.compile(r"(?<![\w./-])kubectl(?=\s)")
 # Where one command of a shell line ends (outside quotes): a pipe, a list, a subshell's end.
@@ -83,12 +85,16 @@ def _cut(text: str, *, at_comment: bool) -> str:
 def commands_in(text: str, where: str) -> Iterator[DocCommand]:
     """Every kubectl command of Markdown ``text``: in fenced blocks (continuation lines joined) and in
     inline code (a table's escaped pipe ``\\|`` is a pipe there)."""
-    in_fence = False
+    in_fence = output = False
     pending = ""
     start = 0
     for number, line in enumerate(text.splitlines(), start=1):
-        if FENCE.match(line):
+        fence = FENCE.match(line)
+        if fence:
             in_fence, pending = not in_fence, ""
+            output = in_fence and fence.group(1) in OUTPUT_FENCES
+            continue
+        if output:
             continue
         snippets: list[tuple[int, str]] = []
         if in_fence:

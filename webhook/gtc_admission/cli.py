@@ -1,8 +1,9 @@
-"""``gtc-admission``: serve the webhook, review a manifest offline, or write certificates for the cluster.
+"""``gtc-admission``: serve the webhook, review a manifest offline, audit a cluster, or write certificates.
 
 Exit codes: 0 success (``review``: allowed), 1 ``review``: denied, 2 bad input, bad configuration or a
 server that cannot start, 3 an unexpected internal error in ``review`` (so that a crash is never
-mistaken for a plain denial by a CI pipeline).
+mistaken for a plain denial by a CI pipeline). ``audit``: 0 clean, 1 findings, 2 usage or configuration
+error, 3 cluster unreachable or access refused.
 
 Logging is configured here and nowhere else; logs go to stderr. stdout carries only what the command
 produces: audit lines (``serve``), the AdmissionReview response (``review``), the caBundle (``certs``).
@@ -19,11 +20,21 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from gtc_admission import __version__
+from gtc_admission import __version__, cluster_report
+from gtc_admission import constants as c
+from gtc_admission.cluster_api import (
+    DEFAULT_PAGE_SIZE,
+    ClusterError,
+    CredentialsError,
+    KubernetesCluster,
+    cluster_settings_from_env,
+)
+from gtc_admission.cluster_audit import NamespaceNotFound, audit_cluster
 from gtc_admission.config import Config, ConfigError, load_config
 from gtc_admission.namespace_cache import cluster_credentials_from_env
 from gtc_admission.offline import ReviewInputError, review_text
@@ -44,6 +55,10 @@ EXIT_OK: Final = 0
 EXIT_DENIED: Final = 1
 EXIT_BAD_INPUT: Final = 2
 EXIT_INTERNAL_ERROR: Final = 3
+EXIT_FINDINGS: Final = 1  # audit
+EXIT_CLUSTER: Final = 3  # audit: the cluster is unreachable or refused a request
+AUDIT_OUTPUTS: Final = ("table", "json", "policyreport")
+MAX_PAGE_SIZE: Final = 10_000
 
 STDIN: Final = "-"
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -83,6 +98,16 @@ def _workers(value: str) -> int:
     if not 1 <= workers <= MAX_WORKERS:
         raise argparse.ArgumentTypeError(f"workers out of range 1-{MAX_WORKERS}: {workers}")
     return workers
+
+
+def _page_size(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of objects: {value!r}") from None
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"page size out of range 1-{MAX_PAGE_SIZE}: {size}")
+    return size
 
 
 def _dns_name(value: str) -> str:
@@ -150,6 +175,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="AdmissionReview (JSON or YAML), or a Pod / workload manifest with --namespace; - for stdin",
     )
     review_cmd.add_argument("--namespace", help="namespace of a bare manifest")
+
+    audit_cmd = commands.add_parser(
+        "audit", help="read the cluster: dev Secrets, workloads the rules refuse, workers not on Vault"
+    )
+    audit_cmd.add_argument("--config", required=True, type=Path, help="YAML configuration file")
+    audit_cmd.add_argument("--namespace", help="audit only this namespace (default: every bound one)")
+    audit_cmd.add_argument("--context", help="kubeconfig context (default: the current one, or in-cluster)")
+    audit_cmd.add_argument(
+        "-o", "--output", choices=AUDIT_OUTPUTS, default="table", help="default: table by namespace"
+    )
+    audit_cmd.add_argument(
+        "--apply", action="store_true", help="create or replace the PolicyReport of every audited namespace"
+    )
+    audit_cmd.add_argument(
+        "--page-size",
+        default=DEFAULT_PAGE_SIZE,
+        type=_page_size,
+        metavar="N",
+        help=f"objects per list request (default {DEFAULT_PAGE_SIZE})",
+    )
 
     certs_cmd = commands.add_parser(
         "certs", help="write a CA, a serving certificate and key, and the base64 caBundle"
@@ -243,6 +288,48 @@ def _review(args: argparse.Namespace) -> int:
     return EXIT_OK if result.allowed else EXIT_DENIED
 
 
+def _audit(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    if config is None:
+        return EXIT_BAD_INPUT
+    settings = cluster_settings_from_env(os.environ, context=args.context, page_size=args.page_size)
+    try:
+        cluster = KubernetesCluster.connect(settings)
+    except CredentialsError as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_INPUT
+    seconds = int(time.time())  # one time for every result of this run
+    totals = cluster_report.Totals()
+    try:
+        # One namespace at a time: printed (and applied) as soon as it is audited.
+        for audit in audit_cluster(cluster, config, namespace=args.namespace):
+            totals = totals.add(audit)
+            report = cluster_report.policy_report(audit, seconds=seconds)
+            if args.output == "table":
+                sys.stdout.write(cluster_report.table(audit))
+            elif args.output == "json":
+                sys.stdout.write(cluster_report.json_lines(audit))
+            else:
+                sys.stdout.write(cluster_report.yaml_document(report))
+            sys.stdout.flush()
+            if args.apply:
+                done = cluster.apply_policy_report(report)
+                log.info("PolicyReport %s/%s %s", audit.namespace, c.POLICY_REPORT_NAME, done)
+    except NamespaceNotFound as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_INPUT
+    except ClusterError as exc:
+        log.error("%s", exc)
+        return EXIT_CLUSTER
+    finally:
+        cluster.close()
+    if args.output == "table":
+        sys.stdout.write(cluster_report.summary(totals))
+    else:
+        log.info("%s", cluster_report.summary(totals).rstrip())
+    return EXIT_FINDINGS if totals.findings else EXIT_OK
+
+
 def _certs(args: argparse.Namespace) -> int:
     bundle = generate_certificates(args.dns, args.ip)
     try:
@@ -284,4 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "review":
         return _review(args)
+    if args.command == "audit":
+        return _audit(args)
     return _certs(args)
