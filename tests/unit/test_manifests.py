@@ -39,6 +39,7 @@ KUBECTL = shutil.which("kubectl")
 
 # Every kustomization of deploy/ (relative dirs). A new one must be added here, so it gets checked too.
 KUSTOMIZATIONS = {
+    "audit",
     "webhook",
     "overlays/self-managed-ca",
     "overlays/cert-manager",
