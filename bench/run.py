@@ -12,6 +12,8 @@
   tests do) and by a naive hvac baseline (one login, then per secret a KV read and a transit decrypt in
   sequence), interleaved, with the same values checked.
 - memory: RSS of a fresh ``serve`` after 1k and after 100k reviews (the three pods in turn).
+- audit: ``gtc-admission audit`` of 10,000 pods against the API stand-in, time and peak RSS (bench/audit.py;
+  its figures go into their own section of RESULTS.md).
 
 Every server's audit lines go to a file in the work folder (the write is part of our cost), not a terminal.
 Medians over ``--rounds`` interleaved rounds are reported; ratios come from figures of the same run.
@@ -53,7 +55,7 @@ from tests.support.openbao import OpenBaoServer
 from tests.support.processes import stop_process
 from tests.support.token_review import TokenReviewServer
 
-from bench import pods
+from bench import audit, pods
 from gtc_admission.admission import decode_body, handle_review
 from gtc_admission.audit import audit_line
 from gtc_admission.bindings import StaticBindings
@@ -79,7 +81,9 @@ END_MARKER: Final = "<!-- bench/run.py: figures of the last run, end -->"
 # Variables that would make the server watch a real cluster: the benchmark uses static bindings only.
 CLUSTER_ENV: Final = ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
 
-ALL_BENCHMARKS: Final = ("admission", "workers", "decision", "boot", "memory")
+ALL_BENCHMARKS: Final = ("admission", "workers", "decision", "boot", "memory", "audit")
+# Benchmarks that write their own section of RESULTS.md (not the block of the others).
+OWN_SECTIONS: Final = frozenset({"audit"})
 THROUGHPUT_CONNECTIONS: Final = 16
 LATENCY_CONNECTIONS: Final = 1
 BOOT_REFERENCES: Final = 50
@@ -1064,6 +1068,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workers": bench_workers,
         "memory": bench_memory,
         "boot": bench_boot,
+        "audit": lambda s: audit.bench_audit(s.rounds, s.workdir, note),
     }
     with tempfile.TemporaryDirectory(prefix="gtc-bench-") as tmp:
         workdir = Path(tmp)
@@ -1081,12 +1086,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results[name] = functions[name](settings)
     info["load_after"] = " ".join(f"{load:.2f}" for load in os.getloadavg())
     results["cpu"] = CpuAccount.now().since(start)
-    markdown = render(results, info, settings, args.shared)
-    print(markdown)
     print(json.dumps(results, indent=2, default=str), file=sys.stderr)
-    if not args.no_write:
-        write_results(markdown)
-        note(f"figures written into {RESULTS_FILE.relative_to(ROOT)}")
+    if "audit" in results:
+        section = audit.render(results.pop("audit"), info["date"])
+        print(section)
+        if not args.no_write:
+            audit.write_section(section, RESULTS_FILE)
+    markdown = render(results, info, settings, args.shared)
+    if set(chosen) - OWN_SECTIONS:
+        print(markdown)
+        if not args.no_write:
+            write_results(markdown)
+            note(f"figures written into {RESULTS_FILE.relative_to(ROOT)}")
     return 0
 
 
