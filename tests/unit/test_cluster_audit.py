@@ -8,10 +8,19 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client as k8s_client
 
 from gtc_admission import cluster_report
 from gtc_admission import constants as c
-from gtc_admission.cluster_api import POD, SECRET, Kind
+from gtc_admission.cluster_api import (
+    LISTED_KINDS,
+    POD,
+    SECRET,
+    ClusterSettings,
+    Kind,
+    KubernetesCluster,
+    cluster_settings_from_env,
+)
 from gtc_admission.cluster_audit import (
     AuditFinding,
     NamespaceAudit,
@@ -24,6 +33,7 @@ from gtc_admission.cluster_audit import (
     result_for,
 )
 from gtc_admission.config import NamespaceBinding
+from gtc_admission.namespace_cache import ClusterCredentials
 from tests.support.kube_api import KINDS
 from tests.support.legacy_cluster import (
     CANARY,
@@ -69,8 +79,6 @@ class MemoryReader:
 
 def test_listed_kinds_are_served_by_the_stand_in() -> None:
     """Every kind the audit lists is one the stand-in serves (same apiVersion and plural)."""
-    from gtc_admission.cluster_api import LISTED_KINDS
-
     assert {(kind.api_version, kind.plural) for kind in LISTED_KINDS} == set(KINDS)
 
 
@@ -230,14 +238,28 @@ def test_secret_values_never_reach_a_report() -> None:
 
 def test_the_cluster_reader_never_lists_whole_secrets() -> None:
     """KubernetesCluster.objects refuses Secrets before any request: only secret_metadata lists them."""
-    from kubernetes import client as k8s_client
-
-    from gtc_admission.cluster_api import ClusterSettings, KubernetesCluster
-    from gtc_admission.namespace_cache import ClusterCredentials
-
     cluster = KubernetesCluster(k8s_client.ApiClient(), ClusterSettings(ClusterCredentials(False, "unused")))
     try:
         with pytest.raises(ValueError, match="only listed as metadata"):
             cluster.objects(SECRET, "acme-prod")
     finally:
         cluster.close()
+
+
+@pytest.mark.parametrize(
+    ("environ", "context", "in_cluster", "kubeconfig"),
+    [
+        ({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}, None, True, None),
+        ({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBECONFIG": "/k"}, "ops", False, "/k"),
+        ({"KUBECONFIG": "/a:/b"}, None, False, "/a:/b"),
+        ({}, None, False, "~/.kube/config"),
+    ],
+)
+def test_where_the_credentials_come_from(
+    environ: dict[str, str], context: str | None, in_cluster: bool, kubeconfig: str | None
+) -> None:
+    """In a pod its ServiceAccount, unless --context asks for a kubeconfig; else KUBECONFIG or the default."""
+    settings = cluster_settings_from_env(environ, context=context, page_size=7)
+    assert settings.credentials.in_cluster is in_cluster
+    assert settings.credentials.kubeconfig == kubeconfig
+    assert (settings.context, settings.page_size) == (context, 7)
