@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -53,8 +54,16 @@ PROD = NamespaceBinding("prod", "acme", "core")
 class MemoryReader:
     """A ClusterReader over dicts; Secrets are handed out as metadata only, like the real reader."""
 
-    def __init__(self, namespaces: list[str], objects: dict[str, list[dict[str, Any]]] | None = None) -> None:
-        self._namespaces = [{"metadata": {"name": name}} for name in namespaces]
+    def __init__(
+        self,
+        namespaces: list[str],
+        objects: dict[str, list[dict[str, Any]]] | None = None,
+        labels: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        labels = labels or {}
+        self._namespaces = [
+            {"metadata": {"name": name, "labels": labels.get(name, {})}} for name in namespaces
+        ]
         self._objects = objects or {}
         self.selectors: list[tuple[str, str | None]] = []
 
@@ -150,6 +159,18 @@ def test_bindings_static_first_then_labels() -> None:
         "beta-prod": NamespaceBinding("prod", "beta", "default"),
     }
     assert cluster.present == {"acme-prod", "beta-prod", "half", "plain"}
+    assert dict(cluster.problems) == {"half": f"{c.LABEL_ENV} set without {c.LABEL_TENANT}"}
+
+
+def test_a_namespace_whose_labels_do_not_bind_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    """A namespace labelled for an environment but without a tenant is not audited, and the log says so
+    (label keys, never values)."""
+    reader = MemoryReader(["acme-prod", "half"], labels={"half": {c.LABEL_ENV: "CANARY-env"}})
+    with caplog.at_level(logging.WARNING, logger="gtc_admission.cluster_audit"):
+        audited = [a.namespace for a in audit_cluster(reader, CONFIG)]
+    assert audited == ["acme-prod"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [f"namespace half is not audited: {c.LABEL_ENV} set without {c.LABEL_TENANT}"]
 
 
 def test_dev_store_namespaces_are_not_read() -> None:

@@ -18,6 +18,7 @@ yields one ``NamespaceAudit`` at a time, so memory holds one namespace's finding
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
@@ -38,6 +39,8 @@ from gtc_admission.cluster_api import (
 from gtc_admission.config import Config, NamespaceBinding
 from gtc_admission.namespace_cache import binding_from_labels
 from gtc_admission.offline import OfflineResult, ReviewInputError, review_document
+
+log = logging.getLogger(__name__)
 
 Result = Literal["fail", "warn", "error"]
 Severity = Literal["high", "medium", "low"]
@@ -388,12 +391,15 @@ class ClusterBindings:
     present: frozenset[str]  # every namespace of the cluster
     bound: Mapping[str, NamespaceBinding]  # those bound to an environment
     source: BindingSource  # what the rules judge with: static bindings first, then labels
+    # Namespaces whose greentic.ai/* labels are there but do not bind (why, by label key): not audited.
+    problems: Mapping[str, str] = field(default_factory=dict)
 
 
 def bound_namespaces(namespaces: Iterable[Mapping[str, Any]], config: Config) -> ClusterBindings:
     """The cluster's namespaces and their bindings, as the webhook sees them: the config's static
     bindings first, then the greentic.ai/* labels (namespace_cache's reading of them)."""
     labelled: dict[str, NamespaceBinding] = {}
+    problems: dict[str, str] = {}
     present: set[str] = set()
     for namespace in namespaces:
         meta = _meta(namespace)
@@ -402,16 +408,18 @@ def bound_namespaces(namespaces: Iterable[Mapping[str, Any]], config: Config) ->
             continue
         present.add(name)
         labels = meta.get("labels")
-        found = binding_from_labels(labels if isinstance(labels, dict) else {}).binding
-        if found is not None:
-            labelled[name] = found
+        read = binding_from_labels(labels if isinstance(labels, dict) else {})
+        if read.binding is not None:
+            labelled[name] = read.binding
+        elif read.problem is not None and name not in config.namespaces:
+            problems[name] = read.problem
     source = LayeredBindings([StaticBindings(config.namespaces), StaticBindings(labelled)])
     bound = {}
     for name in present:
         lookup = source.lookup(name)
         if isinstance(lookup, NamespaceBinding):
             bound[name] = lookup
-    return ClusterBindings(frozenset(present), bound, source)
+    return ClusterBindings(frozenset(present), bound, source, problems)
 
 
 def audit_cluster(
@@ -421,6 +429,10 @@ def audit_cluster(
 
     NamespaceNotFound when ``namespace`` is not in the cluster; an unbound one yields nothing."""
     cluster = bound_namespaces(reader.namespaces(), config)
+    for name, problem in sorted(cluster.problems.items()):
+        if namespace in (None, name):
+            # Label keys only, never values: a namespace meant to be bound that the audit cannot read.
+            log.warning("namespace %s is not audited: %s", name, problem)
     if namespace is not None and namespace not in cluster.present:
         raise NamespaceNotFound(f"namespace {namespace} not found in the cluster")
     targets = [namespace] if namespace is not None else sorted(cluster.bound)
