@@ -47,6 +47,7 @@ KINDS: Final = {
     ("apps/v1", "replicasets"): "ReplicaSet",
     ("batch/v1", "jobs"): "Job",
     ("batch/v1", "cronjobs"): "CronJob",
+    ("wgpolicyk8s.io/v1alpha2", "policyreports"): "PolicyReport",
 }
 REPORTS: Final = "wgpolicyk8s.io/v1alpha2"
 SELECTABLE_FIELDS: Final = frozenset({"metadata.name", "metadata.namespace", "status.phase"})
@@ -174,6 +175,8 @@ class KubeApiStandIn:
         app.router.add_post(base, self._create_report)
         app.router.add_get(base + "/{name}", self._get_report)
         app.router.add_put(base + "/{name}", self._replace_report)
+        app.router.add_delete(base + "/{name}", self._delete_report)
+        app.router.add_get(f"/apis/{REPORTS}/policyreports", self._list_reports)
         return app
 
     @web.middleware
@@ -341,6 +344,30 @@ class KubeApiStandIn:
         body["metadata"].update(uid=current["metadata"]["uid"], resourceVersion=self._next_version())
         self.reports[(namespace, name)] = body
         return web.json_response(body)
+
+    async def _delete_report(self, request: web.Request) -> web.Response:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        refused = self._refused("delete", "policyreports", "wgpolicyk8s.io", namespace)
+        if refused is not None:
+            return refused
+        if self.reports.pop((namespace, name), None) is None:
+            return status(404, "NotFound", f'policyreports.wgpolicyk8s.io "{name}" not found')
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+    async def _list_reports(self, request: web.Request) -> web.Response:
+        """All namespaces; labelSelector as key=value terms (all must match)."""
+        refused = self._refused("list", "policyreports", "wgpolicyk8s.io", None)
+        if refused is not None:
+            return refused
+        terms = [
+            term.partition("=")[::2] for term in request.query.get("labelSelector", "").split(",") if term
+        ]
+        items = [
+            report
+            for report in self.reports.values()
+            if all(report["metadata"].get("labels", {}).get(key) == value for key, value in terms)
+        ]
+        return self._page(request, REPORTS, "policyreports", items)
 
     # --- lifecycle ---
 

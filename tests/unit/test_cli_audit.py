@@ -179,6 +179,29 @@ def test_apply_creates_then_replaces_stale_results(
     assert len(cluster.reports[("acme-prod", "gtc-admission")]["results"]) == 7
 
 
+def test_apply_deletes_the_reports_of_namespaces_no_longer_audited(
+    cluster: KubeApiStandIn, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A report an audit wrote in a namespace that is no longer audited goes; anyone else's stays; with
+    --namespace nothing else is touched."""
+    ours = {"app.kubernetes.io/managed-by": "gtc-admission-audit"}
+    cluster.reports[("old-team", "gtc-admission")] = {
+        "metadata": {"name": "gtc-admission", "namespace": "old-team", "labels": ours}
+    }
+    cluster.reports[("old-team", "kyverno")] = {
+        "metadata": {"name": "kyverno", "namespace": "old-team", "labels": {}}
+    }
+    audit(capsys, caplog, "-o", "json", "--apply", "--namespace", "beta-prod")
+    assert ("old-team", "gtc-admission") in cluster.reports
+    _, _, logs = audit(capsys, caplog, "-o", "json", "--apply", "--page-size", "1")
+    assert "PolicyReport old-team/gtc-admission deleted: the namespace is no longer audited" in logs
+    assert set(cluster.reports) == {
+        ("old-team", "kyverno"),
+        ("acme-prod", "gtc-admission"),
+        ("beta-prod", "gtc-admission"),
+    }
+
+
 def test_clean_cluster_exits_0(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -57,7 +57,7 @@ def test_auditor_role_lists_exactly_what_the_audit_lists(with_audit: list[Doc]) 
 
 
 def test_audit_service_account_writes_policy_reports_only(with_audit: list[Doc]) -> None:
-    """gtc-audit is bound to the reader and to a PolicyReport writer (get, create, update), nothing else."""
+    """gtc-audit is bound to the reader and to a PolicyReport writer, nothing else."""
     bound = {
         binding["roleRef"]["name"]
         for binding in find(with_audit, "ClusterRoleBinding") + find(with_audit, "RoleBinding")
@@ -66,7 +66,7 @@ def test_audit_service_account_writes_policy_reports_only(with_audit: list[Doc])
     }
     assert bound == {READER, WRITER}
     assert _rules_of(with_audit, WRITER) == {
-        ("wgpolicyk8s.io", "policyreports", verb) for verb in ("get", "create", "update")
+        ("wgpolicyk8s.io", "policyreports", verb) for verb in ("get", "list", "create", "update", "delete")
     }
     # The webhook's own RBAC is unchanged: it still reads namespaces only.
     assert {r for r in _rules_of(with_audit, "gtc-admission-namespace-reader")} == {

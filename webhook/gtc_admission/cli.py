@@ -300,9 +300,11 @@ def _audit(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     seconds = int(time.time())  # one time for every result of this run
     totals = cluster_report.Totals()
+    audited: set[str] = set()
     try:
         # One namespace at a time: printed (and applied) as soon as it is audited.
         for audit in audit_cluster(cluster, config, namespace=args.namespace):
+            audited.add(audit.namespace)
             totals = totals.add(audit)
             report = cluster_report.policy_report(audit, seconds=seconds)
             if args.output == "table":
@@ -315,6 +317,14 @@ def _audit(args: argparse.Namespace) -> int:
             if args.apply:
                 done = cluster.apply_policy_report(report)
                 log.info("PolicyReport %s/%s %s", audit.namespace, c.POLICY_REPORT_NAME, done)
+        if args.apply and args.namespace is None:
+            # A namespace no longer audited (unbound, or moved to the dev store) must not keep old results.
+            for namespace, name in list(cluster.our_policy_reports()):
+                if namespace not in audited:
+                    cluster.delete_policy_report(namespace, name)
+                    log.info(
+                        "PolicyReport %s/%s deleted: the namespace is no longer audited", namespace, name
+                    )
     except NamespaceNotFound as exc:
         log.error("%s", exc)
         return EXIT_BAD_INPUT

@@ -56,6 +56,9 @@ DAEMON_SET: Final = Kind("apps/v1", "daemonsets", "DaemonSet")
 REPLICA_SET: Final = Kind("apps/v1", "replicasets", "ReplicaSet")
 JOB: Final = Kind("batch/v1", "jobs", "Job")
 CRON_JOB: Final = Kind("batch/v1", "cronjobs", "CronJob")
+POLICY_REPORT: Final = Kind(
+    f"{c.POLICY_REPORT_GROUP}/{c.POLICY_REPORT_VERSION}", c.POLICY_REPORT_PLURAL, c.POLICY_REPORT_KIND
+)
 # Every kind the audit lists (the auditors' ClusterRole grants `list` on exactly these).
 LISTED_KINDS: Final = (
     NAMESPACE,
@@ -266,6 +269,39 @@ class KubernetesCluster:
             {**common, "name": name, "body": body},
         )
         return "replaced"
+
+    def our_policy_reports(self) -> Iterator[tuple[str, str]]:
+        """GET: /apis/wgpolicyk8s.io/v1alpha2/policyreports?labelSelector=<ours> (paged): (namespace, name)
+        of every report an audit wrote, in any namespace."""
+        arguments = {
+            "group": c.POLICY_REPORT_GROUP,
+            "version": c.POLICY_REPORT_VERSION,
+            "plural": c.POLICY_REPORT_PLURAL,
+            "label_selector": f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY_AUDIT}",
+        }
+        for report in self._items(self._custom.list_cluster_custom_object, POLICY_REPORT, None, arguments):
+            meta = report.get("metadata")
+            if isinstance(meta, dict) and isinstance(meta.get("namespace"), str):
+                yield meta["namespace"], str(meta.get("name", ""))
+
+    def delete_policy_report(self, namespace: str, name: str) -> None:
+        """DELETE: /apis/wgpolicyk8s.io/v1alpha2/namespaces/<ns>/policyreports/<name> (gone already: fine)."""
+        try:
+            self._call(
+                f"delete {c.POLICY_REPORT_PLURAL} in namespace {namespace}",
+                self._custom.delete_namespaced_custom_object,
+                {
+                    "group": c.POLICY_REPORT_GROUP,
+                    "version": c.POLICY_REPORT_VERSION,
+                    "namespace": namespace,
+                    "plural": c.POLICY_REPORT_PLURAL,
+                    "name": name,
+                    "_request_timeout": (self._settings.connect_timeout, self._settings.read_timeout),
+                },
+            )
+        except ClusterError as exc:
+            if exc.status != HTTP_NOT_FOUND:
+                raise
 
     def close(self) -> None:
         close: Callable[[], None] = self._api_client.close
