@@ -58,6 +58,8 @@ COMPONENT_OTHER: Final = "other"
 RULE_VAULT_SETTINGS_OVERRIDE: Final = "vault-settings-override"
 RULE_TENANT_MISMATCH: Final = "tenant-mismatch"
 RULE_DEV_SECRET_REFERENCE: Final = "dev-secret-reference"  # noqa: S105 (a name, not a credential)
+# The forbidden Secret itself, created or updated in a Vault namespace (secret_object.py).
+RULE_DEV_SECRET_OBJECT: Final = "dev-secret-object"  # noqa: S105 (a name, not a credential)
 RULE_WORKER_SERVICE_ACCOUNT: Final = "worker-service-account"
 RULE_ROUTER_BADGE: Final = "router-badge"
 RULE_UNKNOWN_SECRETS_PACK: Final = "unknown-secrets-pack"
@@ -70,8 +72,6 @@ RULE_INTERNAL_ERROR: Final = "internal-error"
 # The object under review has the wrong shape where a rule must look (e.g. spec.containers is a string).
 # The API server never sends such an object; curl and offline reviews can. Refused where a rule applies.
 RULE_INVALID_OBJECT: Final = "invalid-object"
-# A Secret named in forbiddenSecrets exists in a namespace whose environment uses Vault.
-RULE_DEV_SECRET_OBJECT: Final = "dev-secret-object"  # noqa: S105 (a name, not a credential)
 
 # --- Audit annotation keys on the AdmissionReview response (prefix-free keys; the API server adds the
 # webhook configuration's name as prefix). ---
