@@ -30,7 +30,6 @@ from gtc_admission.cluster_audit import (
     ObjectRef,
     audit_cluster,
     bound_namespaces,
-    judge_secret,
     restart_action,
     result_for,
 )
@@ -110,15 +109,17 @@ def test_result_for(rule: str, enforcement: str | None, expected: str) -> None:
     assert result_for(rule, enforcement) == expected
 
 
-def test_judge_secret() -> None:
-    """Only a forbidden name in a Vault environment is a finding; its text names no key and no value."""
-    meta_only = {"metadata": secret(DEV_SECRET, "acme-prod")["metadata"]}
-    found = judge_secret(meta_only, "acme-prod", PROD, CONFIG)
-    assert found is not None and found.rule == c.RULE_DEV_SECRET_OBJECT and found.result == "fail"
+def test_the_dev_secret_is_judged_by_the_webhooks_rule() -> None:
+    """A forbidden name in a Vault namespace is dev-secret-object, with the webhook's own message and the
+    command that removes it; another Secret is never even asked for; no key or value in any text."""
+    secrets = [secret(DEV_SECRET, "acme-prod"), secret("webhook-tls", "acme-prod")]
+    [audit] = audit_cluster(MemoryReader(["acme-prod"], {"secrets": secrets}), CONFIG)
+    [found] = audit.findings
+    assert (found.rule, found.result, found.severity) == (c.RULE_DEV_SECRET_OBJECT, "fail", "high")
+    assert found.message.startswith(f"Secret {DEV_SECRET} is not allowed in namespace acme-prod")
+    assert found.action.endswith(f"kubectl -n acme-prod delete secret {DEV_SECRET}")
     assert "TELEGRAM_TOKEN" not in found.message + found.action
-    assert judge_secret(meta_only, "acme-dev", NamespaceBinding("dev", "acme"), CONFIG) is None
-    other = {"metadata": {"name": "webhook-tls", "namespace": "acme-prod"}}
-    assert judge_secret(other, "acme-prod", PROD, CONFIG) is None
+    assert audit.checked == 1
 
 
 @pytest.mark.parametrize(

@@ -4,16 +4,17 @@ The webhook only sees new requests; a cluster that ran the old deployer before i
 ``gtc-dev-secrets`` Secrets and its workers on the dev store. The audit reads every bound namespace through a
 ``ClusterReader`` (``cluster_api.KubernetesCluster`` in production) and reports, per namespace:
 
-- Secrets named in ``forbiddenSecrets`` where the environment uses Vault (``dev-secret-object``), read as
-  metadata only: the reader never asks for a Secret's data;
+- Secrets named in ``forbiddenSecrets`` where the environment uses Vault (``dev-secret-object``, the
+  webhook's own rule), read as metadata only: the reader never asks for a Secret's data;
 - Pods and workload controllers judged by ``offline.review_document``: one object as ``/mutate`` then
   ``/validate`` would judge it if it were created now. A ReplicaSet owned by a Deployment and a Job owned by
   a CronJob are not judged apart: their owner is, once, and their pods are reported with that owner;
 - worker pods that run without the Vault patch (``not-on-vault``), with their owning workload and what to
   do: restart them, and the webhook patches the new pods.
 
-Judging is pure (``judge_*`` functions); ``audit_cluster`` drives the reader namespace by namespace and
-yields one ``NamespaceAudit`` at a time, so memory holds one namespace's findings and one list page.
+Judging is pure (``rule_findings``, ``not_on_vault``, ``restart_action``); ``audit_cluster`` drives the
+reader namespace by namespace and yields one ``NamespaceAudit`` at a time, so memory holds one
+namespace's findings and one list page.
 """
 
 from __future__ import annotations
@@ -184,27 +185,6 @@ def controller_of(obj: Mapping[str, Any], namespace: str) -> ObjectRef | None:
     return None
 
 
-def judge_secret(
-    secret: Mapping[str, Any], namespace: str, binding: NamespaceBinding, config: Config
-) -> AuditFinding | None:
-    """A Secret (metadata only) named in forbiddenSecrets, in a namespace whose environment uses Vault."""
-    name = _text(_meta(secret).get("name"))
-    env = config.environments.get(binding.env)
-    if name not in config.forbidden_secrets or env is None or not env.uses_vault:
-        return None
-    rule = c.RULE_DEV_SECRET_OBJECT
-    return AuditFinding(
-        resource=object_ref(secret, SECRET, namespace),
-        rule=rule,
-        message=f"Secret {name} in namespace {namespace} holds the dev store's values, but environment "
-        f"{binding.env} keeps secrets in Vault",
-        result=result_for(rule, env.enforcement),
-        severity=severity_of(rule),
-        action=f"seed each value into Vault with gtc-secrets put ({README_SEEDING}), then "
-        f"kubectl -n {namespace} delete secret {name}",
-    )
-
-
 def _split_message(line: str) -> tuple[str, str]:
     """An audit-record message ``[rule-id] text`` -> (rule-id, text)."""
     if line.startswith("["):
@@ -246,13 +226,22 @@ def rule_findings(
         rule, message = _split_message(line)
         if rule in skip_rules:
             continue
-        action = f"in {target.shown}: {ACTIONS.get(rule, 'fix what the message names')}"
+        action = _action(rule, target)
         findings.append(
             AuditFinding(
                 resource, rule, message, result_for(rule, enforcement), severity_of(rule), action, owner
             )
         )
     return findings
+
+
+def _action(rule: str, target: ObjectRef) -> str:
+    if rule == c.RULE_DEV_SECRET_OBJECT:
+        return (
+            f"seed each value into Vault with gtc-secrets put ({README_SEEDING}), "
+            f"then kubectl -n {target.namespace} delete secret {target.name}"
+        )
+    return f"in {target.shown}: {ACTIONS.get(rule, 'fix what the message names')}"
 
 
 def restart_action(owner: ObjectRef | None, pod: ObjectRef) -> str:
@@ -348,9 +337,12 @@ def audit_namespace(
     for name in sorted(config.forbidden_secrets):
         for secret in reader.secret_metadata(namespace, name):
             checked += 1
-            found = judge_secret(secret, namespace, binding, config)
-            if found is not None:
-                findings.append(found)
+            # Judged by the webhook's own rule (dev-secret-object) on the metadata: the rule reads the
+            # name only, and the reader never hands out anything else of a Secret.
+            result = _review({"metadata": _meta(secret)}, SECRET, namespace, config, bindings)
+            findings.extend(
+                rule_findings(result, object_ref(secret, SECRET, namespace), enforcement=enforcement)
+            )
     owners = _Owners()
     for kind in WORKLOAD_KINDS:
         for obj in reader.objects(kind, namespace):
