@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gtc_admission import constants as c
 from gtc_admission import stream
@@ -325,3 +327,40 @@ def test_tally_counts_and_summary_line() -> None:
         "4 objects: 3 judged (1 admitted, 1 warned, 1 denied), 1 not judged; "
         "1 not reviewed (bad input); 1 not reviewed (internal error)"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Property: splitting by lines finds what the YAML parser finds
+# --------------------------------------------------------------------------------------------
+
+# Text with what could confuse a line-based split: separators, comments, quotes, newlines.
+TRICKY_TEXT = st.lists(
+    st.sampled_from([*"ab -#:'\"\n\t", "---", "\n---\n", "\n--- #x\n", "..."]), max_size=8
+).map("".join)
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | TRICKY_TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(TRICKY_TEXT, children, max_size=3),
+    max_leaves=10,
+)
+OBJECTS = st.builds(
+    lambda kind, data: {"apiVersion": "v1", "kind": kind, "data": data},
+    st.sampled_from(["ConfigMap", "Service", "Namespace"]),
+    st.dictionaries(TRICKY_TEXT, VALUES, max_size=4),
+)
+
+
+@given(
+    objects=st.lists(OBJECTS, min_size=1, max_size=5),
+    style=st.sampled_from([None, "|", "'", '"']),
+    explicit_start=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_split_finds_the_documents_the_parser_finds(
+    objects: list[dict[str, Any]], style: str | None, explicit_start: bool
+) -> None:
+    """Any stream PyYAML writes (any scalar style) splits into the same objects, numbered 1..n."""
+    text = yaml.safe_dump_all(objects, default_style=style, explicit_start=explicit_start)
+    items = split(text)
+    assert all(isinstance(item, Manifest) for item in items)
+    assert [item.body for item in items if isinstance(item, Manifest)] == objects
+    assert [item.where.document for item in items] == list(range(1, len(objects) + 1))
