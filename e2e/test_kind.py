@@ -7,6 +7,7 @@ tests run in any order. Nothing here prints the seeded value: assertions compare
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -166,6 +167,31 @@ def test_deployment_referencing_gtc_dev_secrets_is_refused_at_apply(cluster: Clu
         assert lookup.returncode != 0, "the refused Deployment exists"
     finally:
         cluster.kubectl.delete("deployment", "dev-secret-deploy", "-n", cluster.namespace)
+
+
+def test_the_dev_secret_itself_is_refused_at_apply_and_other_secrets_are_not(cluster: Cluster) -> None:
+    """`kubectl apply` of the old Secret gtc-dev-secrets fails with [dev-secret-object], without echoing a
+    key or a value; a Secret of another name never reaches the webhook (matchConditions) and is created."""
+    canary = "e2e-canary-" + secrets.token_hex(8)
+    dev_secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": DEV_SECRET, "namespace": cluster.namespace},
+        "stringData": {"TELEGRAM_TOKEN": canary},
+    }
+    other = {**dev_secret, "metadata": {"name": "e2e-app-settings", "namespace": cluster.namespace}}
+    try:
+        result = cluster.kubectl.apply([dev_secret], check=False)
+        assert result.returncode != 0, "the dev Secret was admitted"
+        assert h.refused_with_rule(result.stderr, c.RULE_DEV_SECRET_OBJECT), result.stderr
+        assert canary not in result.stderr + result.stdout
+        assert "TELEGRAM_TOKEN" not in result.stderr
+        assert "gtc-secrets put" in result.stderr
+        lookup = cluster.kubectl.run("get", "secret", DEV_SECRET, "-n", cluster.namespace, check=False)
+        assert lookup.returncode != 0, "the refused Secret exists"
+        cluster.kubectl.apply([other])
+    finally:
+        cluster.kubectl.delete("secret", "e2e-app-settings", "-n", cluster.namespace)
 
 
 # ---------------------------------------------------------------------------------------------

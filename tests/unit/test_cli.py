@@ -359,12 +359,15 @@ def test_review_stream_all_admitted_exits_0(
 
 
 def test_review_unchanged_deployer_example_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    """The README's examples/unchanged-deployer.yaml: the worker reading the dev Secret is denied."""
+    """The README's examples/unchanged-deployer.yaml: the dev Secret and the worker reading it are denied."""
     path = ROOT / "examples" / "unchanged-deployer.yaml"
     assert cli.main(["review", "--config", str(CONFIG_FILE), str(path)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert DENIED_LINE in lines
-    assert lines[-1].startswith("2 objects: 2 judged (")
+    assert lines[0].startswith(
+        "Secret acme-prod/gtc-dev-secrets: [dev-secret-object] Secret gtc-dev-secrets is not allowed"
+    )
+    assert lines[1:] == [DENIED_LINE, "2 objects: 2 judged (0 admitted, 0 warned, 2 denied), 0 not judged"]
+    assert "placeholder" not in lines[0]
 
 
 def test_review_output_json_one_record_per_object(
@@ -512,7 +515,6 @@ def test_review_never_prints_a_secret_value(
         "single-broken": [tagged],
     }[shape]
     code, out, err = review_stdin("---\n".join(documents), monkeypatch, capsys, *output)
-    # The Secret alone is admitted until rule dev-secret-object judges it, then denied.
-    assert code in {"stream": {1}, "single": {0, 1}, "broken": {2}, "single-broken": {2}}[shape]
+    assert code == {"stream": 1, "single": 1, "broken": 2, "single-broken": 2}[shape]
     assert CANARY not in out + err
     assert base64.b64encode(CANARY.encode()).decode() not in out + err

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import celpy
 import pytest
 import yaml
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
@@ -51,6 +54,8 @@ WEBHOOK_KUSTOMIZATIONS = ["webhook", *WEBHOOK_OVERLAYS]
 
 WEBHOOK_NAMESPACE = "gtc-system"
 WEBHOOK_NAME = "gtc-admission"
+POD_WEBHOOK = "validate.gtc-admission.greentic.ai"
+SECRET_WEBHOOK = "secrets.validate.gtc-admission.greentic.ai"
 SERVICE_DNS = f"{WEBHOOK_NAME}.{WEBHOOK_NAMESPACE}.svc"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 PROTECTED_NAMESPACES = ("gtc-system", "kube-system")
@@ -235,7 +240,7 @@ def test_validating_webhook_covers_pods_ephemeral_containers_and_controllers(
     rendered: dict[str, list[Doc]], name: str
 ) -> None:
     """Validating: pods CREATE, pods/ephemeralcontainers UPDATE, workload controllers CREATE and UPDATE."""
-    (webhook,) = one(rendered[name], "ValidatingWebhookConfiguration", WEBHOOK_NAME)["webhooks"]
+    webhook = validating_webhook(rendered[name], POD_WEBHOOK)
     controllers = [
         ("apps", "deployments"),
         ("apps", "statefulsets"),
@@ -251,6 +256,61 @@ def test_validating_webhook_covers_pods_ephemeral_containers_and_controllers(
     }
     assert all(rule["apiVersions"] == ["v1"] for rule in webhook["rules"])
     assert webhook["clientConfig"]["service"]["path"] == "/validate"
+
+
+def validating_webhook(docs: list[Doc], name: str) -> Doc:
+    webhooks = one(docs, "ValidatingWebhookConfiguration", WEBHOOK_NAME)["webhooks"]
+    assert [w["name"] for w in webhooks] == [POD_WEBHOOK, SECRET_WEBHOOK]
+    return next(w for w in webhooks if w["name"] == name)
+
+
+@pytest.mark.parametrize("name", WEBHOOK_KUSTOMIZATIONS)
+def test_secret_webhook_is_sent_only_the_forbidden_names(
+    rendered: dict[str, list[Doc]], name: str, config: Config
+) -> None:
+    """Secrets CREATE/UPDATE go to /validate only when the name is forbidden (matchConditions in CEL), and
+    the names in the CEL expression are exactly the config's forbiddenSecrets."""
+    webhook = validating_webhook(rendered[name], SECRET_WEBHOOK)
+    assert _rule_set(webhook) == {("", "secrets", "CREATE"), ("", "secrets", "UPDATE")}
+    assert webhook["clientConfig"]["service"]["path"] == "/validate"
+    (condition,) = webhook["matchConditions"]
+    expression = condition["expression"]
+    match = re.fullmatch(r"has\(object\.metadata\.name\) && object\.metadata\.name in \[(.*)\]", expression)
+    assert match, expression
+    names = re.findall(r"'([^']*)'", match.group(1))
+    assert ", ".join(f"'{n}'" for n in names) == match.group(1), "only quoted names in the list"
+    assert set(names) == config.forbidden_secrets
+    assert len(names) == len(set(names))
+
+
+def test_secret_webhook_condition_selects_the_forbidden_names_only() -> None:
+    """The CEL condition, evaluated by a CEL implementation (cel-python), on the shapes it meets: named
+    forbidden, named other, and generateName (no name yet: without has() the evaluation would fail, and
+    with failurePolicy Fail the API server would refuse that Secret)."""
+    (webhook,) = [
+        w
+        for doc in yaml.safe_load_all((DEPLOY / "webhook" / "webhooks.yaml").read_text())
+        if doc["kind"] == "ValidatingWebhookConfiguration"
+        for w in doc["webhooks"]
+        if w["name"] == SECRET_WEBHOOK
+    ]
+    expression = webhook["matchConditions"][0]["expression"]
+    environment = celpy.Environment()
+    program = environment.program(environment.compile(expression))
+
+    def sent(metadata: dict[str, str]) -> bool:
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "data": {"k": "dg=="}}
+        return bool(program.evaluate({"object": json_to_cel(secret)}))
+
+    assert sent({"name": "gtc-dev-secrets", "namespace": "acme-prod"})
+    assert not sent({"name": "app-secrets"})
+    assert not sent({"name": "gtc-dev-secrets-2"})
+    assert not sent({"generateName": "gtc-dev-secrets-"})
+    unguarded = environment.program(
+        environment.compile(expression.removeprefix("has(object.metadata.name) && "))
+    )
+    with pytest.raises(CELEvalError):
+        unguarded.evaluate({"object": json_to_cel({"metadata": {"generateName": "g-"}})})
 
 
 SAFETY = [

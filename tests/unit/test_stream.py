@@ -247,16 +247,15 @@ def test_a_denied_template_names_its_field_path() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rule dev-secret-object (issue 11 part 1) is not on this branch; remove this mark once it is",
-)
 def test_the_dev_secret_itself_is_denied() -> None:
-    """The dev Secret in a Vault namespace is denied by dev-secret-object, its values in no record."""
+    """The dev Secret in a Vault namespace is denied by dev-secret-object, its keys and values in no record;
+    in a dev-store namespace it is admitted."""
     outcome = judge(split(dump(secret())))[0]
     assert isinstance(outcome, Reviewed) and outcome.decision == "denied"
-    assert "dev-secret-object" in outcome.record["rules"]
-    assert CANARY not in json.dumps(outcome.record)
+    assert outcome.record["rules"] == [c.RULE_DEV_SECRET_OBJECT]
+    assert CANARY not in json.dumps(outcome.record) and "TELEGRAM_TOKEN" not in json.dumps(outcome.record)
+    elsewhere = judge(split(dump(secret(namespace="acme-dev"))))[0]
+    assert isinstance(elsewhere, Reviewed) and elsewhere.decision == "allowed"
 
 
 def test_records_have_the_audit_fields_and_where_the_object_is() -> None:

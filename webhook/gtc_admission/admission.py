@@ -39,6 +39,7 @@ from gtc_admission.review import (
     TooDeep,
     parse_review,
 )
+from gtc_admission.secret_object import is_secret, judge_secret
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -271,7 +272,8 @@ def review_with_edits(
 ) -> tuple[Outcome, tuple[Edit, ...]]:
     """``handle_review`` plus the edits its patch was built from (the offline review applies them)."""
     request = parse_review(body)
-    verdict = judge(request, mutating=endpoint == "mutate", config=config, bindings=bindings)
+    decide = judge_secret if is_secret(request) else judge
+    verdict = decide(request, mutating=endpoint == "mutate", config=config, bindings=bindings)
     return _outcome(request, endpoint, verdict)
 
 

@@ -58,6 +58,8 @@ COMPONENT_OTHER: Final = "other"
 RULE_VAULT_SETTINGS_OVERRIDE: Final = "vault-settings-override"
 RULE_TENANT_MISMATCH: Final = "tenant-mismatch"
 RULE_DEV_SECRET_REFERENCE: Final = "dev-secret-reference"  # noqa: S105 (a name, not a credential)
+# The forbidden Secret itself, created or updated in a Vault namespace (secret_object.py).
+RULE_DEV_SECRET_OBJECT: Final = "dev-secret-object"  # noqa: S105 (a name, not a credential)
 RULE_WORKER_SERVICE_ACCOUNT: Final = "worker-service-account"
 RULE_ROUTER_BADGE: Final = "router-badge"
 RULE_UNKNOWN_SECRETS_PACK: Final = "unknown-secrets-pack"

@@ -140,6 +140,11 @@ def _warning(rule: str, text: str) -> str:
     return line if len(line) <= MAX_WARNING_LENGTH else line[: MAX_WARNING_LENGTH - 3] + "..."
 
 
+# The same, for the rules that live in modules of their own (secret_object.py).
+show = _show
+short_warning = _warning
+
+
 # The readers take the field path in parts and join them only for an error: paths are built for every
 # entry of every container, and formatting them eagerly would dominate the cost of a decision.
 
@@ -779,7 +784,9 @@ def not_ready_finding() -> Finding:
     )
 
 
-def unknown_pack_finding(namespace: str, binding: NamespaceBinding, env: Environment | None) -> Finding:
+def unknown_pack_finding(
+    namespace: str, binding: NamespaceBinding, env: Environment | None, refused: str = "worker pods are"
+) -> Finding:
     if env is None:
         env_name = _show(binding.env)
         text = f"namespace {_show(namespace)} is bound to environment {env_name}, which is not configured"
@@ -787,7 +794,7 @@ def unknown_pack_finding(namespace: str, binding: NamespaceBinding, env: Environ
         text = f"environment {_show(env.name)} uses unknown secrets pack {_show(env.secrets_pack)}"
     return Finding(
         rule=c.RULE_UNKNOWN_SECRETS_PACK,
-        message=f"{text}; worker pods are refused there",
+        message=f"{text}; {refused} refused there",
         warning=_warning(c.RULE_UNKNOWN_SECRETS_PACK, text),
     )
 
