@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.run --only stream
 
 A mixed stream as ``kubectl kustomize`` prints it (worker Pods, worker Deployments, Services, ConfigMaps,
-Secrets; one Deployment in 50 reads ``gtc-dev-secrets`` and is denied), all in ``acme-prod`` (env ``prod``,
-Vault) of the example config. Measured in this process, on one core:
+Secrets; in every 50, one Deployment reads ``gtc-dev-secrets`` and one Secret is ``gtc-dev-secrets``, both
+denied), all in ``acme-prod`` (env ``prod``, Vault) of the example config. Measured in this process, on
+one core:
 
 - floor: libyaml parsing the same text (``yaml.load_all`` with ``CSafeLoader``), which any reviewer of
   YAML has to do; and the pure Python loader, to show what libyaml saves;
@@ -46,6 +47,8 @@ WORKER_DEPLOYMENT: Final = pods.ROOT / "deploy" / "examples" / "acme-prod" / "wo
 BEGIN_MARKER: Final = "<!-- bench/stream.py: figures of the last run, begin -->"
 END_MARKER: Final = "<!-- bench/stream.py: figures of the last run, end -->"
 KINDS: Final = ("Pod", "Deployment", "Service", "ConfigMap", "Secret")
+DENIED_EVERY: Final = 50  # in every 50 documents, one denied Deployment and one denied Secret
+DEV_SECRET: Final = "gtc-dev-secrets"  # noqa: S105 (a name in the example config's forbiddenSecrets)
 
 
 def _named(body: dict[str, Any], name: str) -> dict[str, Any]:
@@ -53,7 +56,8 @@ def _named(body: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def mixed_stream(documents: int = DOCUMENTS) -> str:
-    """``documents`` YAML documents, the five kinds in turn; every 50th object a denied Deployment."""
+    """``documents`` YAML documents, the five kinds in turn; in every 50, one Deployment reads
+    ``gtc-dev-secrets`` and one Secret is ``gtc-dev-secrets`` itself (both denied)."""
     deployment, service = yaml.safe_load_all(WORKER_DEPLOYMENT.read_text(encoding="utf-8"))
     worker_pod = pods.review(pods.SMALL)["request"]["object"]
     denied = pods.review(pods.DENIED)["request"]["object"]
@@ -63,8 +67,11 @@ def mixed_stream(documents: int = DOCUMENTS) -> str:
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": {"TOKEN": "not-a-value"}}
     objects = []
     for index in range(documents):
-        if index % 50 == 49:
+        if index % DENIED_EVERY == DENIED_EVERY - 1:
             objects.append(_named(denied_deployment, f"old-worker-{index}"))
+            continue
+        if index % DENIED_EVERY == DENIED_EVERY // 2 - 1:
+            objects.append(_named(secret, DEV_SECRET))
             continue
         shape = (worker_pod, deployment, service, config_map, secret)[index % len(KINDS)]
         objects.append(_named(shape, f"{KINDS[index % len(KINDS)].lower()}-{index}"))
@@ -122,7 +129,7 @@ def bench(workdir: Path, documents: int = DOCUMENTS, rounds: int = ROUNDS) -> di
     config = load_config(pods.EXAMPLE_CONFIG)
     text = mixed_stream(documents)
     check = _review(text, config, json_records=False)
-    expected_denied = documents // 50
+    expected_denied = 2 * (documents // DENIED_EVERY)
     if (
         check.denied != expected_denied
         or check.bad
@@ -179,8 +186,9 @@ def render(result: dict[str, Any], measured: str) -> str:
             f"### `gtc-admission review` of rendered manifests (issue 11; {measured})",
             "",
             f"A mixed stream of {result['documents']:,} documents ({result['bytes'] / 1e6:.1f} MB of YAML): "
-            "worker Pods, worker Deployments, Services, ConfigMaps and Secrets in turn, one Deployment in 50 "
-            f"denied; all in `acme-prod` of the example config. Summary: `{result['summary']}`. CPU time of "
+            "worker Pods, worker Deployments, Services, ConfigMaps and Secrets in turn; in every 50 one "
+            "Deployment reading `gtc-dev-secrets` and Secret `gtc-dev-secrets` itself, both denied; all in "
+            f"`acme-prod` of the example config. Summary: `{result['summary']}`. CPU time of "
             f"one process (one core), best and median of {result['rounds']} interleaved runs.",
             "",
             "| Way | docs/s, best | docs/s, median |",
