@@ -1,6 +1,7 @@
 """The benchmarks of issue 5: figures and ratios, printed and written into bench/RESULTS.md. Not tests.
 
-    .venv/bin/python -m bench.run [--only admission,workers,decision,boot,memory] [--duration S] [--rounds N]
+    .venv/bin/python -m bench.run [--only admission,workers,decision,boot,memory,stream,audit] [--duration S]
+                                  [--rounds N]
 
 - admission: wrk (1 thread, keep-alive, TLS) against ``gtc-admission serve`` on 127.0.0.1 and, interleaved in
   the same run, against bench/floor_server.py (bare aiohttp, same TLS, fixed allowed review): reviews/s at 16
@@ -12,8 +13,10 @@
   tests do) and by a naive hvac baseline (one login, then per secret a KV read and a transit decrypt in
   sequence), interleaved, with the same values checked.
 - memory: RSS of a fresh ``serve`` after 1k and after 100k reviews (the three pods in turn).
-- audit: ``gtc-admission audit`` of 10,000 pods against the API stand-in, time and peak RSS (bench/audit.py;
-  its figures go into their own section of RESULTS.md).
+- stream (issue 11, bench/stream.py): ``gtc-admission review`` of a mixed rendered stream, documents per
+  second; written into its own section of RESULTS.md.
+- audit (issue 11, bench/audit.py): ``gtc-admission audit`` of 10,000 pods against the API stand-in, time
+  and peak RSS; written into its own section of RESULTS.md.
 
 Every server's audit lines go to a file in the work folder (the write is part of our cost), not a terminal.
 Medians over ``--rounds`` interleaved rounds are reported; ratios come from figures of the same run.
@@ -55,7 +58,9 @@ from tests.support.openbao import OpenBaoServer
 from tests.support.processes import stop_process
 from tests.support.token_review import TokenReviewServer
 
-from bench import audit, pods
+from bench import audit as audit_bench
+from bench import pods
+from bench import stream as stream_bench
 from gtc_admission.admission import decode_body, handle_review
 from gtc_admission.audit import audit_line
 from gtc_admission.bindings import StaticBindings
@@ -81,9 +86,7 @@ END_MARKER: Final = "<!-- bench/run.py: figures of the last run, end -->"
 # Variables that would make the server watch a real cluster: the benchmark uses static bindings only.
 CLUSTER_ENV: Final = ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
 
-ALL_BENCHMARKS: Final = ("admission", "workers", "decision", "boot", "memory", "audit")
-# Benchmarks that write their own section of RESULTS.md (not the block of the others).
-OWN_SECTIONS: Final = frozenset({"audit"})
+ALL_BENCHMARKS: Final = ("admission", "workers", "decision", "boot", "memory", "stream", "audit")
 THROUGHPUT_CONNECTIONS: Final = 16
 LATENCY_CONNECTIONS: Final = 1
 BOOT_REFERENCES: Final = 50
@@ -1068,7 +1071,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workers": bench_workers,
         "memory": bench_memory,
         "boot": bench_boot,
-        "audit": lambda s: audit.bench_audit(s.rounds, s.workdir, note),
+        "stream": lambda s: stream_bench.bench(s.workdir),
+        "audit": lambda s: audit_bench.bench_audit(s.rounds, s.workdir, note),
     }
     with tempfile.TemporaryDirectory(prefix="gtc-bench-") as tmp:
         workdir = Path(tmp)
@@ -1085,19 +1089,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 note(f"--- {name}")
                 results[name] = functions[name](settings)
     info["load_after"] = " ".join(f"{load:.2f}" for load in os.getloadavg())
+    if "stream" in results:  # its own section of RESULTS.md, so that `--only stream` keeps the others
+        stream_markdown = stream_bench.render(results.pop("stream"), f"measured {info['date']}")
+        print(stream_markdown)
+        if not args.no_write:
+            stream_bench.write_results(stream_markdown, RESULTS_FILE)
+        if not results:
+            return 0
+    if "audit" in results:  # its own section of RESULTS.md, so that `--only audit` keeps the others
+        audit_markdown = audit_bench.render(results.pop("audit"), info["date"])
+        print(audit_markdown)
+        if not args.no_write:
+            audit_bench.write_section(audit_markdown, RESULTS_FILE)
+        if not results:
+            return 0
     results["cpu"] = CpuAccount.now().since(start)
-    print(json.dumps(results, indent=2, default=str), file=sys.stderr)
-    if "audit" in results:
-        section = audit.render(results.pop("audit"), info["date"])
-        print(section)
-        if not args.no_write:
-            audit.write_section(section, RESULTS_FILE)
     markdown = render(results, info, settings, args.shared)
-    if set(chosen) - OWN_SECTIONS:
-        print(markdown)
-        if not args.no_write:
-            write_results(markdown)
-            note(f"figures written into {RESULTS_FILE.relative_to(ROOT)}")
+    print(markdown)
+    print(json.dumps(results, indent=2, default=str), file=sys.stderr)
+    if not args.no_write:
+        write_results(markdown)
+        note(f"figures written into {RESULTS_FILE.relative_to(ROOT)}")
     return 0
 
 

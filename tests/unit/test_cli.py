@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 
-from gtc_admission import __version__, cli
+from gtc_admission import __version__, cli, stream
 from gtc_admission import constants as c
+from tests.support.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILE = ROOT / "deploy" / "webhook" / "config.yaml"
@@ -289,3 +291,230 @@ def test_certs_unwritable_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     blocker.write_text("x")
     assert cli.main(["certs", "--out", str(blocker / "sub"), "--dns", "a.example"]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# review of a stream: rendered manifests, a folder; -o text / json
+# --------------------------------------------------------------------------------------------
+
+DEV_SECRET_YAML = f"""\
+apiVersion: v1
+kind: Secret
+metadata: {{name: gtc-dev-secrets, namespace: acme-prod}}
+stringData: {{TELEGRAM_TOKEN: {CANARY}}}
+data: {{OPENAI_API_KEY: {base64.b64encode(CANARY.encode()).decode()}, {CANARY}: {CANARY}}}
+"""
+CONFIG_MAP_YAML = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: acme-prod}\n"
+OLD_WORKER_YAML = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: old-worker, namespace: acme-prod}
+spec:
+  template:
+    metadata:
+      labels: {greentic.ai/component: worker}
+    spec:
+      containers:
+        - name: worker
+          image: ghcr.io/greentic-ai/worker:1.4.2
+          envFrom:
+            - secretRef: {name: gtc-dev-secrets}
+"""
+DENIED_LINE = (
+    "Deployment acme-prod/old-worker: [dev-secret-reference] references forbidden Secret gtc-dev-secrets "
+    "at spec.template.spec.containers[0].envFrom[0].secretRef.name"
+)
+
+
+def review_stdin(
+    text: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *options: str
+) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    code = cli.main(["review", "--config", str(CONFIG_FILE), *options, "-"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_review_stream_prints_findings_and_a_summary(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Many documents on stdin: one line per finding, then the summary; a denial exits 1."""
+    text = "---\n".join([CONFIG_MAP_YAML, WORKER_POD_YAML % "plain", OLD_WORKER_YAML])
+    code, out, _ = review_stdin(text, monkeypatch, capsys, "--namespace", "acme-prod")
+    assert code == 1
+    assert out.splitlines() == [
+        DENIED_LINE,
+        "3 objects: 2 judged (1 admitted, 0 warned, 1 denied), 1 not judged",
+    ]
+
+
+def test_review_stream_all_admitted_exits_0(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kind: List of admitted and not-judged objects: the summary alone, exit 0."""
+    items = [yaml.safe_load(CONFIG_MAP_YAML), yaml.safe_load(WORKER_POD_YAML % "plain")]
+    text = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    code, out, _ = review_stdin(text, monkeypatch, capsys, "--namespace", "acme-prod")
+    assert (code, out) == (0, "2 objects: 1 judged (1 admitted, 0 warned, 0 denied), 1 not judged\n")
+
+
+def test_review_unchanged_deployer_example_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's examples/unchanged-deployer.yaml: the dev Secret and the worker reading it are denied."""
+    path = ROOT / "examples" / "unchanged-deployer.yaml"
+    assert cli.main(["review", "--config", str(CONFIG_FILE), str(path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        "Secret acme-prod/gtc-dev-secrets: [dev-secret-object] Secret gtc-dev-secrets is not allowed"
+    )
+    assert lines[1:] == [DENIED_LINE, "2 objects: 2 judged (0 admitted, 0 warned, 2 denied), 0 not judged"]
+    assert "placeholder" not in lines[0]
+
+
+def test_review_output_json_one_record_per_object(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-o json: one JSON line per object with the audit line's fields; the summary goes to stderr."""
+    code, out, err = review_stdin(
+        "---\n".join([CONFIG_MAP_YAML, OLD_WORKER_YAML]), monkeypatch, capsys, "-o", "json"
+    )
+    assert code == 1
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["kind"], r["decision"], r["document"]) for r in records] == [
+        ("ConfigMap", "not-judged", 1),
+        ("Deployment", "denied", 2),
+    ]
+    assert records[1]["rules"] == [c.RULE_DEV_SECRET_REFERENCE] and records[1]["source"] == "stdin"
+    assert {"time", "uid", "endpoint", "namespace", "name", "messages", "patched", "enforcement"} <= set(
+        records[1]
+    )
+    assert "2 objects: 1 judged" in err
+
+
+def test_review_output_text_for_one_object(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-o text on a single object: the stream report instead of the AdmissionReview response."""
+    code, out, _ = review_stdin(OLD_WORKER_YAML, monkeypatch, capsys, "-o", "text")
+    assert code == 1
+    assert out.splitlines()[0] == DENIED_LINE
+
+
+def test_review_folder_sorted_recursive_hidden_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder: *.yaml, *.yml, *.json below it, in path order (as kubectl walks it); dot names and other
+    files skipped."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / ".github").mkdir()
+    (tmp_path / "b" / "worker.YML").write_text(OLD_WORKER_YAML)
+    (tmp_path / "a.json").write_text(json.dumps(yaml.safe_load(CONFIG_MAP_YAML)))
+    (tmp_path / "c.yaml").write_text(OLD_WORKER_YAML.replace("old-worker", "older-worker"))
+    (tmp_path / ".github" / "ci.yaml").write_text("on: push\n")
+    (tmp_path / ".hidden.yaml").write_text("not: kubernetes\n")
+    (tmp_path / "README.md").write_text("# not read\n")
+    assert cli.main(["review", "--config", str(CONFIG_FILE), "-o", "json", str(tmp_path)]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["source"]).relative_to(tmp_path).as_posix() for r in records] == [
+        "a.json",
+        "b/worker.YML",
+        "c.yaml",
+    ]
+
+
+def test_review_empty_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder without manifests is bad input (a wrong path in CI must not pass)."""
+    assert cli.main(["review", "--config", str(CONFIG_FILE), str(tmp_path)]) == 2
+    assert "no *.yaml, *.yml, *.json file in this folder" in capsys.readouterr().err
+
+
+def test_review_stream_bad_document_exits_2_and_reviews_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad document is named by file and number; the others are still judged; exit 2 beats exit 1."""
+    path = tmp_path / "rendered.yaml"
+    path.write_text("---\n".join([CONFIG_MAP_YAML, "kind: [broken\n", OLD_WORKER_YAML]))
+    assert cli.main(["review", "--config", str(CONFIG_FILE), str(path)]) == 2
+    captured = capsys.readouterr()
+    assert f"bad input: {path} document 2 (line 5): not YAML (" in captured.err
+    assert captured.out.splitlines() == [
+        DENIED_LINE,
+        "2 objects: 1 judged (0 admitted, 0 warned, 1 denied), 1 not judged; 1 not reviewed (bad input)",
+    ]
+
+
+def test_review_stream_needs_a_namespace_for_judged_kinds(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """helm template output without namespaces: exit 2 naming the document, unless --namespace is given."""
+    text = "---\n".join([CONFIG_MAP_YAML, WORKER_POD_YAML % "plain"])
+    code, _, err = review_stdin(text, monkeypatch, capsys)
+    assert code == 2
+    assert (
+        "bad input: stdin document 2 (line 5): a Pod without metadata.namespace: pass --namespace NS" in err
+    )
+    code, _, _ = review_stdin(text, monkeypatch, capsys, "--namespace", "acme-prod")
+    assert code == 0
+
+
+def test_review_stream_internal_error_exits_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crash on one object of a stream: exit 3 (never read as a denial), the message not logged."""
+
+    def explode(*_: object, **__: object) -> object:
+        raise RuntimeError(CANARY)
+
+    monkeypatch.setattr(stream, "review_document", explode)
+    code, out, err = review_stdin("---\n".join([OLD_WORKER_YAML, CONFIG_MAP_YAML]), monkeypatch, capsys)
+    assert code == 3
+    assert "internal error while reviewing stdin document 1 (line 1) (RuntimeError)" in err
+    assert CANARY not in out + err
+
+
+def test_review_unreadable_file_in_a_folder_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that is not UTF-8 is named as unreadable; the other files are still judged."""
+    (tmp_path / "a.yaml").write_bytes(b"kind: \xff\n")
+    (tmp_path / "b.yaml").write_text(OLD_WORKER_YAML)
+    assert cli.main(["review", "--config", str(CONFIG_FILE), str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert f"bad input: {tmp_path / 'a.yaml'}: cannot read: UnicodeDecodeError" in captured.err
+    assert captured.out.splitlines()[0] == DENIED_LINE
+
+
+def test_review_stops_when_stdout_is_closed(tmp_path: Path) -> None:
+    """`review ... | head -1`: the reader left before the end, so the exit is 3, never 0 or 1."""
+    path = tmp_path / "many.yaml"
+    path.write_text("---\n".join([CONFIG_MAP_YAML] * 2000))  # about 1 MB of records: more than a pipe holds
+    command = [sys.executable, "-m", "gtc_admission", "review", "--config", str(CONFIG_FILE), "-o", "json"]
+    with subprocess.Popen(
+        [*command, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            assert json.loads(process.stdout.readline())["kind"] == "ConfigMap"
+            process.stdout.close()
+            assert process.wait(timeout=60) == 3
+            assert "stdout was closed before the review finished" in process.stderr.read()
+        finally:
+            stop_process(process, timeout=10)
+
+
+@pytest.mark.parametrize("output", [[], ["-o", "text"], ["-o", "json"]], ids=["default", "text", "json"])
+@pytest.mark.parametrize("shape", ["stream", "single", "broken", "single-broken"])
+def test_review_never_prints_a_secret_value(
+    output: list[str], shape: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Canary: a Secret's data and stringData (and a tag the parser would quote) reach no output."""
+    tagged = DEV_SECRET_YAML.replace("{TELEGRAM_TOKEN:", f"{{TELEGRAM_TOKEN: !{CANARY}")
+    documents = {
+        "stream": [CONFIG_MAP_YAML, DEV_SECRET_YAML, OLD_WORKER_YAML],
+        "single": [DEV_SECRET_YAML],
+        "broken": [DEV_SECRET_YAML, tagged],
+        "single-broken": [tagged],
+    }[shape]
+    code, out, err = review_stdin("---\n".join(documents), monkeypatch, capsys, *output)
+    assert code == {"stream": 1, "single": 1, "broken": 2, "single-broken": 2}[shape]
+    assert CANARY not in out + err
+    assert base64.b64encode(CANARY.encode()).decode() not in out + err

@@ -202,3 +202,13 @@ def test_a_refusal_by_validate_drops_the_patch() -> None:
     assert result.review["response"]["status"] == refused.review["response"]["status"]
     assert result.audit["patched"] == [] and result.audit["decision"] == "denied"
     assert result.review["response"]["auditAnnotations"]["rules"] == c.RULE_WORKER_SERVICE_ACCOUNT
+
+
+def test_yaml_errors_never_quote_the_input() -> None:
+    """What the YAML parser would quote (a tag, an escape) is cut from the message; syntax characters stay."""
+    for text in (f"stringData: {{token: !{CANARY} x}}\n", f'data: "{CANARY}\\q"\n'):
+        with pytest.raises(ReviewInputError) as caught:
+            review_text(text, config=CONFIG, namespace="acme-prod")
+        assert CANARY not in str(caught.value) and "line 1" in str(caught.value)
+    with pytest.raises(ReviewInputError, match=r"expected ',' or '\]'"):
+        review_text("kind: [Pod\n", config=CONFIG, namespace="acme-prod")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
@@ -191,52 +192,31 @@ async def test_no_key_or_value_reaches_the_answer_audit_logs_or_metrics(
 # --- The README's "What an unchanged deployer sees" cannot drift from the code. ---------------------------
 
 ROOT = Path(__file__).resolve().parents[2]
-OLD_DEPLOYMENT = {
-    "apiVersion": "apps/v1",
-    "kind": "Deployment",
-    "metadata": {"name": "telegram-worker", "namespace": "acme-prod"},
-    "spec": {
-        "selector": {"matchLabels": {"app": "telegram-worker"}},
-        "template": {
-            "metadata": {"labels": {"app": "telegram-worker", "greentic.ai/component": "worker"}},
-            "spec": {
-                "containers": [
-                    {
-                        "name": "worker",
-                        "image": "ghcr.io/greentic-ai/worker:1.4.2",
-                        "envFrom": [{"secretRef": {"name": "gtc-dev-secrets"}}],
-                    }
-                ]
-            },
-        },
-    },
+WEBHOOK_FOR_KIND = {
+    "Secret": "secrets.validate.gtc-admission.greentic.ai",
+    "Deployment": "validate.gtc-admission.greentic.ai",
 }
 
 
 def test_readme_shows_what_the_webhooks_answer_for_the_old_deployers_objects() -> None:
     """Each `denied the request:` line of the README section is the example config's real denial of the
-    object it stands for, from the webhook the manifests route that object to."""
+    object of examples/unchanged-deployer.yaml it stands for, from the webhook the manifests route it to."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     start = text.index("\n## What an unchanged deployer sees\n")
     section = text[start : text.index("\n## ", start + 1)]
     lines = re.findall(
-        r'^Error from server \(Forbidden\): .*admission webhook "([^"]+)" denied the request: (.*)$',
+        r'^Error from server \(Forbidden\): error when creating "examples/unchanged-deployer.yaml": '
+        r'admission webhook "([^"]+)" denied the request: (.*)$',
         section,
         re.MULTILINE,
     )
     config = load_config(ROOT / "deploy" / "webhook" / "config.yaml")
-    old_secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "gtc-dev-secrets", "namespace": "acme-prod"},
-        "stringData": {"TELEGRAM_TOKEN": CANARY},
-    }
     expected = []
-    for obj, webhook in ((old_secret, "secrets.validate"), (OLD_DEPLOYMENT, "validate")):
+    example = (ROOT / "examples" / "unchanged-deployer.yaml").read_text(encoding="utf-8")
+    for obj in yaml.safe_load_all(example):
         result = review_text(json.dumps(obj), config=config, namespace=None)
         assert result.allowed is False
-        expected.append(
-            (f"{webhook}.gtc-admission.greentic.ai", result.review["response"]["status"]["message"])
-        )
+        expected.append((WEBHOOK_FOR_KIND[obj["kind"]], result.review["response"]["status"]["message"]))
+        for value in obj.get("stringData", {}).values():
+            assert value not in json.dumps(result.review)
     assert lines == expected
-    assert CANARY not in section

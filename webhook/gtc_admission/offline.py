@@ -11,6 +11,7 @@ the warnings of both.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Final
@@ -33,6 +34,11 @@ from gtc_admission.review import API_VERSION, REVIEW_KIND, BadRequest, TooDeep
 OFFLINE_USER: Final = "gtc-admission:offline-review"
 # YAML anchors can make a small text expand into a huge tree; refuse past this many nodes.
 MAX_NODES: Final = 1_000_000
+# What PyYAML's messages quote from the input (tags, characters): 'x' or "x", with the space before it;
+# one punctuation character or a token name (YAML syntax: "expected ',' or ']', but got '<stream end>'")
+# is no part of a value and is kept.
+_QUOTED: Final = re.compile(r"""(\s*)(['"])(.*?)\2""")
+_SYNTAX: Final = re.compile(r"[^\sA-Za-z0-9\\]|<[a-z ]+>")
 
 
 class ReviewInputError(ValueError):
@@ -46,7 +52,7 @@ class OfflineResult:
     audit: dict[str, Any]
 
 
-def _check_shape(document: object) -> None:
+def check_shape(document: object) -> None:
     """Bound depth and size of a YAML-loaded tree without recursion (aliases may even make it cyclic)."""
     stack: list[tuple[object, int]] = [(document, 1)]
     nodes = 0
@@ -65,6 +71,20 @@ def _check_shape(document: object) -> None:
         if nodes > MAX_NODES:
             raise ReviewInputError(f"INPUT has more than {MAX_NODES} values (YAML aliases?)")
         stack.extend((child, depth + 1) for child in children)
+
+
+def yaml_problem(error: yaml.YAMLError, first_line: int = 0) -> str:
+    """What the YAML parser found wrong and where (``first_line``: lines before the parsed text), without
+    what it quotes from the input: a tag or a character could be part of a secret value."""
+    problem = getattr(error, "problem", None) or type(error).__name__
+    kept = _QUOTED.sub(lambda quoted: quoted[0] if _SYNTAX.fullmatch(quoted[3]) else "", problem)
+    rest = _QUOTED.sub("", kept)
+    if "'" in rest or '"' in rest:  # an unpaired quote: what follows it may be input
+        kept = re.split("['\"]", rest, maxsplit=1)[0]
+    problem = kept.strip()
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {first_line + mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def parse_input(text: str) -> dict[str, Any]:
@@ -87,11 +107,8 @@ def parse_input(text: str) -> dict[str, Any]:
         try:
             documents = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or type(exc).__name__
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
             raise ReviewInputError(
-                f"INPUT is neither JSON ({json_error}) nor YAML ({problem}{where})"
+                f"INPUT is neither JSON ({json_error}) nor YAML ({yaml_problem(exc)})"
             ) from None
         except RecursionError:
             raise ReviewInputError(f"INPUT nests deeper than {MAX_JSON_DEPTH} levels") from None
@@ -100,7 +117,7 @@ def parse_input(text: str) -> dict[str, Any]:
                 f"INPUT holds {len(documents)} YAML documents; review one object at a time"
             )
         document = documents[0]
-        _check_shape(document)
+        check_shape(document)
     if not isinstance(document, dict):
         raise ReviewInputError("INPUT must be an AdmissionReview or one Kubernetes object (a mapping)")
     return document
