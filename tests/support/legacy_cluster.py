@@ -232,6 +232,7 @@ EXPECTED_FINDINGS: Final = {
     ("acme-prod", "Pod", "legacy-worker-7d9f8b6c5-x2k4q", c.AUDIT_RULE_NOT_ON_VAULT),
     ("acme-prod", "Pod", "telegram-worker-5c6d7-8bq2m", c.AUDIT_RULE_NOT_ON_VAULT),
     ("acme-prod", "Pod", "telegram-worker-5c6d7-k3v8n", c.AUDIT_RULE_NOT_ON_VAULT),
+    ("acme-prod", "Pod", "telegram-worker-5c6d7-k3v8n", c.RULE_WORKER_API_TOKEN),
     ("acme-prod", "Pod", "nightly-digest-29410-4xk8d", c.AUDIT_RULE_NOT_ON_VAULT),
     ("acme-prod", "Pod", "router", c.RULE_ROUTER_BADGE),
     ("beta-prod", "Secret", DEV_SECRET, c.RULE_DEV_SECRET_OBJECT),

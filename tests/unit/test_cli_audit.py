@@ -114,7 +114,7 @@ def test_table_by_namespace(
     headings = [line for line in out.splitlines() if line and not line.startswith(" ")]
     assert headings[0].startswith("acme-prod (env prod, tenant acme, team core; enforcement deny)")
     assert headings[1].startswith("beta-prod (env prod, tenant beta, team default; enforcement deny)")
-    assert headings[2] == "audit: 2 namespaces, 13 objects checked, 8 findings (8 fail, 0 warn, 0 error)"
+    assert headings[2] == "audit: 2 namespaces, 13 objects checked, 9 findings (9 fail, 0 warn, 0 error)"
     assert "  fail    high      not-on-vault          Pod/telegram-worker-5c6d7-8bq2m" in out
     assert "acme-dev" not in out and "kube-system" not in out
 
@@ -151,7 +151,7 @@ def test_policyreport_output(
     report = reports["acme-prod"]
     assert report["apiVersion"] == "wgpolicyk8s.io/v1alpha2" and report["kind"] == "PolicyReport"
     assert report["metadata"]["name"] == "gtc-admission"
-    assert report["summary"] == {"pass": 3, "fail": 7, "warn": 0, "error": 0, "skip": 0}
+    assert report["summary"] == {"pass": 3, "fail": 8, "warn": 0, "error": 0, "skip": 0}
     result = next(r for r in report["results"] if r["rule"] == c.RULE_DEV_SECRET_OBJECT)
     assert result["source"] == "gtc-admission" and result["policy"] == c.POLICY_REPORT_POLICY
     assert result["result"] == "fail" and result["severity"] == "high"
@@ -176,7 +176,7 @@ def test_apply_creates_then_replaces_stale_results(
     beta = cluster.reports[("beta-prod", "gtc-admission")]
     assert beta["results"] == []
     assert beta["summary"] == {"pass": 2, "fail": 0, "warn": 0, "error": 0, "skip": 0}
-    assert len(cluster.reports[("acme-prod", "gtc-admission")]["results"]) == 7
+    assert len(cluster.reports[("acme-prod", "gtc-admission")]["results"]) == 8
 
 
 def test_apply_deletes_the_reports_of_namespaces_no_longer_audited(

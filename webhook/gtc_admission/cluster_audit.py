@@ -37,9 +37,10 @@ from gtc_admission.cluster_api import (
     STATEFUL_SET,
     Kind,
 )
-from gtc_admission.config import Config, NamespaceBinding
+from gtc_admission.config import Config, Environment, NamespaceBinding
 from gtc_admission.namespace_cache import binding_from_labels
 from gtc_admission.offline import OfflineResult, ReviewInputError, review_document
+from gtc_admission.policy import carried_api_token
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,15 @@ def restart_action(owner: ObjectRef | None, pod: ObjectRef) -> str:
     return f"restart it through its owner {owner.shown}: the webhook patches the new pods"
 
 
+def _vault_worker(result: OfflineResult | str, config: Config) -> Environment | None:
+    """The environment of a judged worker, when it uses Vault (the audit's pod findings apply)."""
+    if isinstance(result, str) or result.audit.get("component") != c.COMPONENT_WORKER:
+        return None
+    env_name = result.audit.get("env")
+    env = config.environments.get(env_name) if isinstance(env_name, str) else None
+    return env if env is not None and env.uses_vault else None
+
+
 def not_on_vault(
     pod: Mapping[str, Any],
     result: OfflineResult | str,
@@ -272,12 +282,10 @@ def not_on_vault(
 ) -> AuditFinding | None:
     """A worker pod in a Vault environment that the webhook has not patched (or would patch differently
     now): it runs on the dev store, or with stale Vault settings, until it is replaced."""
-    if isinstance(result, str) or result.audit.get("component") != c.COMPONENT_WORKER:
+    env = _vault_worker(result, config)
+    if env is None:
         return None
-    env_name = result.audit.get("env")
-    env = config.environments.get(env_name) if isinstance(env_name, str) else None
-    if env is None or not env.uses_vault:
-        return None
+    assert not isinstance(result, str)  # _vault_worker saw to it
     annotations = _meta(pod).get("annotations")
     marker = annotations.get(c.ANNOTATION_SECRETS_BACKEND) if isinstance(annotations, dict) else None
     patched: list[str] = result.audit["patched"]
@@ -301,6 +309,30 @@ def not_on_vault(
         action = f"first fix what {(owner or ref).shown} is refused for, then: {action}"
     rule = c.AUDIT_RULE_NOT_ON_VAULT
     return AuditFinding(ref, rule, what, result_for(rule, env.enforcement), severity_of(rule), action, owner)
+
+
+def api_token_as_it_runs(
+    pod: Mapping[str, Any],
+    result: OfflineResult | str,
+    ref: ObjectRef,
+    owner: ObjectRef | None,
+    config: Config,
+) -> AuditFinding | None:
+    """worker-api-token on a worker the webhook patched (an older one, before it removed the token), as
+    it runs: judging it as re-created (``result``) shows only that a new pod would lose the token, so the
+    token this pod still holds is named here, by its rule. An unpatched worker is not-on-vault already."""
+    env = _vault_worker(result, config)
+    annotations = _meta(pod).get("annotations")
+    if not isinstance(annotations, dict) or annotations.get(c.ANNOTATION_SECRETS_BACKEND) != c.BACKEND_VAULT:
+        return None
+    spec = pod.get("spec")
+    finding = carried_api_token(spec) if env is not None and isinstance(spec, dict) else None
+    if env is None or finding is None:
+        return None
+    rule = finding.rule
+    action = f"{restart_action(owner, ref)} (the webhook now removes the API token from new workers)"
+    verdict = result_for(rule, env.enforcement)
+    return AuditFinding(ref, rule, finding.message, verdict, severity_of(rule), action, owner)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +401,9 @@ def audit_namespace(
         stale = not_on_vault(pod, result, ref, owner, config)
         if stale is not None:
             findings.append(stale)
+        token = api_token_as_it_runs(pod, result, ref, owner, config)
+        if token is not None:
+            findings.append(token)
     return NamespaceAudit(namespace, binding, enforcement, checked, tuple(findings))
 
 

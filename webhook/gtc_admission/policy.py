@@ -747,6 +747,12 @@ def _api_token_findings(spec: Mapping[str, Any], prefix: str, planned: WorkerPla
     ]
 
 
+def carried_api_token(spec: Mapping[str, Any]) -> Finding | None:
+    """worker-api-token on a worker's spec as it is (a running pod, for the cluster audit)."""
+    found = _api_token_findings(spec, "", AS_SENT)
+    return found[0] if found else None
+
+
 def _tenant_mismatches(spec: Mapping[str, Any], prefix: str, settings: WorkerSettings) -> list[Finding]:
     findings: list[Finding] = []
     for list_name in POD_CONTAINER_LISTS:
