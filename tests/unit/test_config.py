@@ -35,7 +35,7 @@ def test_example_config_loads() -> None:
     assert config.vault_token.filename == "token"
     prod = config.environments["prod"]
     assert prod.uses_vault and prod.enforcement == "deny"
-    assert prod.vault is not None and prod.vault.role_for("prod", "acme", "core") == "gtc-prod-acme"
+    assert prod.vault is not None and prod.vault.role_for("prod", "acme", "core") == "gtc-prod-acme-core"
     assert not config.environments["dev"].uses_vault
     assert config.namespaces["acme-prod"] == NamespaceBinding(env="prod", tenant="acme", team="core")
 
