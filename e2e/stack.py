@@ -179,7 +179,8 @@ def bootstrap_vault(
     kube.run(
         [
             tool("gtc-secrets"), "bootstrap", "--env", worker.env, "--tenant", worker.tenant,
-            "--namespace", worker.namespace,
+            # The team's own role, as the example config's role template gtc-{env}-{tenant}-{team} names it.
+            "--team", f"{worker.team}={worker.namespace}",
             "--service-account", plan.webhook.config.service_account,
             "--audience", plan.webhook.config.vault_token.audience,
             "--kubernetes-host", KUBERNETES_HOST_IN_CLUSTER,

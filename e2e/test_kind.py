@@ -200,7 +200,7 @@ def test_the_dev_secret_itself_is_refused_at_apply_and_other_secrets_are_not(clu
 
 
 def test_vault_audit_log_shows_login_kv_read_and_transit_decrypt_for_the_worker(cluster: Cluster) -> None:
-    """For system:serviceaccount:<ns>:gtc-worker: a Kubernetes login with the tenant's role, a read of
+    """For system:serviceaccount:<ns>:gtc-worker: a Kubernetes login with its team's role, a read of
     the seeded secret's KV path, a decrypt with the tenant's transit key; the value itself is not there."""
     worker = cluster.plan.worker
     environment = cluster.plan.webhook.config.environments[worker.env]

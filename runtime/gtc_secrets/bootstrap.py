@@ -7,10 +7,15 @@ What it makes sure of (and nothing else):
   error, never upgraded behind the operator's back (an upgrade rewrites every entry);
 - a transit engine at ``VAULT_TRANSIT_MOUNT`` (default ``transit``) with the key ``gtc-<env>-<tenant>``
   (aes256-gcm96, not exportable, no plaintext backup, deletion not allowed);
-- the policy ``gtc-<env>-<tenant>``: ``read`` on ``<kv>/data/<prefix>/<env>/<tenant>/*`` and ``update`` on
-  ``<transit>/decrypt/gtc-<env>-<tenant>``, nothing else (no list, write, delete or metadata);
-- the role ``gtc-<env>-<tenant>`` bound to one ServiceAccount (``gtc-worker``) in the given namespaces
-  only, with the audience, that policy only (no ``default`` policy) and a short token TTL.
+- per team (``--team TEAM=NS[,NS...]``, repeatable) the policy ``gtc-<env>-<tenant>-<team>``: ``read`` on
+  the KV data and metadata of ``<prefix>/<env>/<tenant>/<team>/*`` and of the tenant's shared team
+  (``--shared-team``, default ``default``), ``update`` on ``<transit>/decrypt/gtc-<env>-<tenant>``, nothing
+  else; and the role of the same name bound to the worker ServiceAccount in that team's namespaces only.
+  Vault itself then keeps one team from reading another's envelopes;
+- with ``--namespace`` (today's form) the tenant-wide policy ``gtc-<env>-<tenant>``: ``read`` on
+  ``<kv>/data/<prefix>/<env>/<tenant>/*`` and the same decrypt, and the role of that name;
+- every role is bound to one ServiceAccount (``gtc-worker``) in the given namespaces only, with the
+  audience, its own policy only (no ``default`` policy) and a short token TTL.
 
 The design: read the current state (I/O), compute the changes with pure functions (``plan``), print them,
 and apply them unless ``--dry-run`` (I/O). A second run finds nothing to change and says so.
@@ -97,12 +102,27 @@ class BootstrapError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Grant:
+    """One policy and the role of the same name: the namespaces whose workers may read which teams."""
+
+    name: str
+    namespaces: tuple[str, ...]
+    # The teams whose secrets the policy reads (own team first, then the shared team); None: every team
+    # of the tenant (the tenant-wide role of installs made before per-team roles).
+    teams: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class Target:
     """What the operator asked for: one env + tenant and how its workers reach Vault."""
 
     env: str
     tenant: str
+    # Namespaces of the tenant-wide role; empty when only per-team roles are asked for.
     namespaces: tuple[str, ...]
+    # (team, its namespaces), sorted by team: one policy and role per team.
+    teams: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    shared_team: str = c.DEFAULT_SHARED_TEAM
     service_account: str = DEFAULT_SERVICE_ACCOUNT
     audience: str = DEFAULT_AUDIENCE
     token_ttl: int = 15 * 60
@@ -119,8 +139,27 @@ class Target:
 
     @property
     def name(self) -> str:
-        """Policy, role and transit key share this name (the webhook's default role template)."""
+        """The transit key and the tenant-wide policy and role share this name (the webhook's default role
+        template)."""
         return c.role_name(self.env, self.tenant)
+
+    @property
+    def tenant_grant(self) -> Grant:
+        return Grant(self.name, self.namespaces)
+
+    @property
+    def grants(self) -> tuple[Grant, ...]:
+        """The policy + role pairs to manage, tenant-wide first (when asked for), then one per team."""
+        teams = tuple(
+            Grant(
+                c.team_role_name(self.env, self.tenant, team),
+                namespaces,
+                # dict.fromkeys: the shared team's own role reads one team, not the same one twice.
+                tuple(dict.fromkeys((team, self.shared_team))),
+            )
+            for team, namespaces in self.teams
+        )
+        return ((self.tenant_grant,) if self.namespaces else ()) + teams
 
 
 @dataclass(frozen=True)
@@ -138,13 +177,42 @@ def parse_duration(value: str, flag: str) -> int:
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
-def check_namespace(value: str) -> str:
+def check_namespace(value: str, flag: str = "--namespace") -> str:
     if "*" in value:
         # Vault would read "*" as "every namespace": the opposite of binding a tenant's namespaces.
-        raise UsageError("--namespace '*' is refused: bind the tenant's namespaces by name")
+        raise UsageError(f"{flag} '*' is refused: bind the tenant's namespaces by name")
     if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
-        raise UsageError(f"--namespace {value!r} is not a Kubernetes namespace name (RFC 1123 label)")
+        raise UsageError(f"{flag} {value!r} is not a Kubernetes namespace name (RFC 1123 label)")
     return value
+
+
+def parse_teams(values: Sequence[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``--team TEAM=NS[,NS...]`` flags as (team, sorted namespaces), sorted by team; a repeated team
+    adds namespaces. A namespace may belong to one team only: Vault cannot tell which role a worker is
+    meant to use, so a namespace bound to two team roles would let its workers read both teams."""
+    teams: dict[str, set[str]] = {}
+    for value in values:
+        team, sep, listed = value.partition("=")
+        try:
+            check_scope_segment(team, "--team")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if not sep or not listed:
+            raise UsageError(
+                f"--team {value!r}: name the team's namespaces: --team {team}=NS or --team {team}=NS1,NS2"
+            )
+        namespaces = teams.setdefault(team, set())
+        namespaces.update(check_namespace(ns, f"--team {team}") for ns in listed.split(","))
+    owner: dict[str, str] = {}
+    for team, namespaces in sorted(teams.items()):
+        for namespace in sorted(namespaces):
+            if namespace in owner:
+                raise UsageError(
+                    f"--team: namespace {namespace} is given for teams {owner[namespace]} and {team}; its "
+                    "workers could log in with either role and read both teams' secrets"
+                )
+            owner[namespace] = team
+    return tuple((team, tuple(sorted(namespaces))) for team, namespaces in sorted(teams.items()))
 
 
 def check_service_account(value: str) -> str:
@@ -188,9 +256,16 @@ def target_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ta
     try:
         env = check_scope_segment(args.env, "--env")
         tenant = check_scope_segment(args.tenant, "--tenant")
+        shared_team = check_scope_segment(args.shared_team, "--shared-team")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    namespaces = tuple(sorted({check_namespace(ns) for ns in args.namespace}))
+    namespaces = tuple(sorted({check_namespace(ns) for ns in args.namespace or ()}))
+    teams = parse_teams(args.team or ())
+    if not namespaces and not teams:
+        raise UsageError(
+            "give --team TEAM=NS[,NS...] (one role per team, recommended) or --namespace NS "
+            "(one tenant-wide role)"
+        )
     service_account = check_service_account(args.service_account)
     audience = args.audience.strip()
     if not audience or "*" in audience or any(ch.isspace() for ch in audience):
@@ -208,6 +283,8 @@ def target_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ta
         env=env,
         tenant=tenant,
         namespaces=namespaces,
+        teams=teams,
+        shared_team=shared_team,
         service_account=service_account,
         audience=audience,
         token_ttl=ttl,
@@ -274,8 +351,8 @@ class VaultState:
     secret_mounts: Mapping[str, Mapping[str, Any]]
     k8s_config: Mapping[str, Any] | None
     transit_key: Mapping[str, Any] | None
-    policy: str | None
-    role: Mapping[str, Any] | None
+    policies: Mapping[str, str]  # name -> rules (HCL), for the names bootstrap manages that exist
+    roles: Mapping[str, Mapping[str, Any]]  # name -> role, likewise
 
 
 Verb = Literal["create", "update", "unchanged"]
@@ -306,30 +383,47 @@ class Step:
         return f"{verb} {self.subject}{suffix}"
 
 
-def render_policy(target: Target) -> str:
-    """The tenant's read-only policy (HCL). Nothing but these two paths."""
-    kv_path = f"{target.kv_mount}/data/{target.kv_prefix}/{target.env}/{target.tenant}/*"
-    decrypt_path = f"{target.transit_mount}/decrypt/{target.name}"
+MANAGED_HEADER: Final = "# Managed by gtc-secrets bootstrap: "
+
+
+def _rule(path: str, capability: str) -> str:
+    return f'path "{path}" {{\n  capabilities = ["{capability}"]\n}}\n'
+
+
+def render_policy(target: Target, grant: Grant | None = None) -> str:
+    """A grant's read-only policy (HCL); the tenant-wide one by default. Nothing but these paths."""
+    grant = grant or target.tenant_grant
+    decrypt = _rule(f"{target.transit_mount}/decrypt/{target.name}", "update")
+    tenant = f"{target.kv_prefix}/{target.env}/{target.tenant}"
+    if grant.teams is None:
+        return (
+            f"{MANAGED_HEADER}workers of env {target.env}, tenant {target.tenant}.\n"
+            "# Read their envelopes, unwrap data keys with their tenant's transit key; nothing else.\n"
+            + _rule(f"{target.kv_mount}/data/{tenant}/*", "read")
+            + "\n"
+            + decrypt
+        )
+    # Metadata (versions, never values) of the same paths: a worker may check which version it holds.
+    reads = [
+        _rule(f"{target.kv_mount}/{kind}/{tenant}/{team}/*", "read")
+        for kind in ("data", "metadata")
+        for team in grant.teams
+    ]
     return (
-        f"# Managed by gtc-secrets bootstrap: workers of env {target.env}, tenant {target.tenant}.\n"
-        "# Read their envelopes, unwrap data keys with their tenant's transit key; nothing else.\n"
-        f'path "{kv_path}" {{\n'
-        '  capabilities = ["read"]\n'
-        "}\n"
-        "\n"
-        f'path "{decrypt_path}" {{\n'
-        '  capabilities = ["update"]\n'
-        "}\n"
+        f"{MANAGED_HEADER}workers of env {target.env}, tenant {target.tenant}, team {grant.teams[0]}.\n"
+        f"# Read the envelopes of their team and of the shared team {target.shared_team}, unwrap data keys "
+        "with their tenant's transit key; nothing else.\n" + "\n".join([*reads, decrypt])
     )
 
 
-def desired_role(target: Target) -> dict[str, Any]:
+def desired_role(target: Target, grant: Grant | None = None) -> dict[str, Any]:
+    grant = grant or target.tenant_grant
     return {
         "bound_service_account_names": [target.service_account],
-        "bound_service_account_namespaces": list(target.namespaces),
+        "bound_service_account_namespaces": list(grant.namespaces),
         "audience": target.audience,
-        "token_policies": [target.name],
-        # "Exactly the tenant policy": the default policy's token self-management is not needed, since
+        "token_policies": [grant.name],
+        # "Exactly its own policy": the default policy's token self-management is not needed, since
         # the runtime logs in again instead of renewing.
         "token_no_default_policy": True,
         "token_ttl": target.token_ttl,
@@ -434,15 +528,25 @@ def plan_transit_key(key: Mapping[str, Any] | None, target: Target) -> Step:
     return Step("unchanged", subject)
 
 
-def plan_policy(current: str | None, target: Target) -> Step:
-    subject = f"policy {target.name}"
-    policy = render_policy(target)
-    write = Write(f"sys/policies/acl/{target.name}", {"policy": policy})
+def plan_policy(current: str | None, target: Target, grant: Grant | None = None) -> Step:
+    grant = grant or target.tenant_grant
+    subject = f"policy {grant.name}"
+    policy = render_policy(target, grant)
+    write = Write(f"sys/policies/acl/{grant.name}", {"policy": policy})
     if current is None:
         return Step("create", subject, writes=(write,))
+    theirs, ours = current.strip().partition("\n")[0], policy.partition("\n")[0]
+    if theirs.startswith(MANAGED_HEADER) and theirs != ours:
+        # Names are joined with "-": tenant acme team core, tenant acme-core both are gtc-prod-acme-core;
+        # rewriting the other scope's policy would cut its workers off: stop before any write.
+        raise BootstrapError(
+            f"{subject} is managed by bootstrap for another scope ({theirs.removeprefix(MANAGED_HEADER)}): "
+            "the names of two scopes collide; choose another team or tenant name"
+        )
     if current.strip() != policy.strip():
+        kind = "tenant" if grant.teams is None else "team"
         return Step(
-            "update", subject, details=("rules differ from the read-only tenant policy",), writes=(write,)
+            "update", subject, details=(f"rules differ from the read-only {kind} policy",), writes=(write,)
         )
     return Step("unchanged", subject)
 
@@ -453,10 +557,11 @@ def _same(current: Any, desired: Any) -> bool:
     return bool(current == desired)
 
 
-def plan_role(current: Mapping[str, Any] | None, target: Target) -> Step:
-    subject = f"role {target.name} (auth/{target.k8s_mount})"
-    desired = desired_role(target)
-    write = Write(f"auth/{target.k8s_mount}/role/{target.name}", desired)
+def plan_role(current: Mapping[str, Any] | None, target: Target, grant: Grant | None = None) -> Step:
+    grant = grant or target.tenant_grant
+    subject = f"role {grant.name} (auth/{target.k8s_mount})"
+    desired = desired_role(target, grant)
+    write = Write(f"auth/{target.k8s_mount}/role/{grant.name}", desired)
     if current is None:
         return Step("create", subject, writes=(write,))
     changed = tuple(key for key, value in desired.items() if not _same(current.get(key), value))
@@ -531,22 +636,38 @@ def plan_k8s_config(current: Mapping[str, Any] | None, target: Target) -> Step:
     return Step("update", subject, details=tuple(changed + notes), writes=(Write(path, data),))
 
 
+def plan_tenant_role_left(roles: Mapping[str, Mapping[str, Any]], target: Target) -> list[Step]:
+    """With per-team roles only, an existing tenant-wide role is left as it is (bootstrap never deletes),
+    but said: as long as it exists, the workers of its namespaces may still read every team."""
+    if target.namespaces or target.name not in roles:
+        return []
+    note = (
+        "tenant-wide: workers of its namespaces can still read every team; "
+        f"delete it once they use per-team roles (auth/{target.k8s_mount}/role/{target.name})"
+    )
+    return [Step("unchanged", f"role {target.name} (auth/{target.k8s_mount})", details=(note,))]
+
+
 def plan(state: VaultState, target: Target) -> list[Step]:
-    """Every step, in the order they must be applied (mounts, key, policy before the role using it)."""
+    """Every step, in the order they must be applied (mounts, key, policies before the roles using them)."""
+    grants = target.grants
     return [
         plan_auth_mount(state.auth_mounts, target),
         plan_kv_mount(state.secret_mounts, target),
         plan_transit_mount(state.secret_mounts, target),
         plan_transit_key(state.transit_key, target),
-        plan_policy(state.policy, target),
+        *(plan_policy(state.policies.get(grant.name), target, grant) for grant in grants),
         plan_k8s_config(state.k8s_config, target),
-        plan_role(state.role, target),
+        *(plan_role(state.roles.get(grant.name), target, grant) for grant in grants),
+        *plan_tenant_role_left(state.roles, target),
     ]
 
 
 def summary(steps: Sequence[Step], target: Target, *, dry_run: bool) -> str:
     changes = sum(step.verb != "unchanged" for step in steps)
     scope = f"env {target.env}, tenant {target.tenant}"
+    if target.teams:
+        scope += f", team{'s' if len(target.teams) > 1 else ''} {', '.join(team for team, _ in target.teams)}"
     if changes == 0:
         return f"nothing to change: Vault is already bootstrapped for {scope}"
     if dry_run:
@@ -595,15 +716,26 @@ def _data(answer: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 
 
 def read_state(vault: VaultAdmin, target: Target) -> VaultState:
-    """Everything ``plan`` needs; a path that does not exist (yet) reads as None."""
-    policy = _data(vault.read(f"sys/policies/acl/{target.name}"))
+    """Everything ``plan`` needs; a path that does not exist (yet) reads as None or is left out."""
+    names = [grant.name for grant in target.grants]
+    policies: dict[str, str] = {}
+    for name in names:
+        policy = _data(vault.read(f"sys/policies/acl/{name}"))
+        if policy is not None and "policy" in policy:
+            policies[name] = str(policy["policy"])
+    roles: dict[str, Mapping[str, Any]] = {}
+    # The tenant-wide role also when only teams are managed: plan says it is still there.
+    for name in dict.fromkeys([*names, target.name]):
+        role = _data(vault.read(f"auth/{target.k8s_mount}/role/{name}"))
+        if role is not None:
+            roles[name] = role
     return VaultState(
         auth_mounts=_data(vault.read("sys/auth")) or {},
         secret_mounts=_data(vault.read("sys/mounts")) or {},
         k8s_config=_data(vault.read(f"auth/{target.k8s_mount}/config")),
         transit_key=_data(vault.read(f"{target.transit_mount}/keys/{target.name}")),
-        policy=str(policy["policy"]) if policy is not None and "policy" in policy else None,
-        role=_data(vault.read(f"auth/{target.k8s_mount}/role/{target.name}")),
+        policies=policies,
+        roles=roles,
     )
 
 
@@ -699,21 +831,34 @@ def register(
     """Add the ``bootstrap`` subcommand; its ``func(args) -> int`` reads ``environ`` (default os.environ)."""
     parser = subparsers.add_parser(
         COMMAND,
-        help="prepare Vault for one env + tenant (auth, KV-v2, transit key, policy, role); idempotent",
+        help="prepare Vault for one env + tenant (auth, KV-v2, transit key, policies, roles); idempotent",
         description="Prepare Vault for the workers of one env + tenant: Kubernetes auth, KV-v2, transit and "
-        "the tenant's key, a read-only policy, and a role bound to the worker ServiceAccount in the given "
-        "namespaces. Idempotent; prints every change. Admin credentials from VAULT_ADDR / VAULT_TOKEN "
+        "the tenant's key, and a read-only policy and role per team (--team) bound to the worker "
+        "ServiceAccount in that team's namespaces, or one for the whole tenant (--namespace). "
+        "Idempotent; prints every change. Admin credentials from VAULT_ADDR / VAULT_TOKEN "
         "(/ VAULT_CACERT); mounts from VAULT_K8S_MOUNT, VAULT_KV_MOUNT, VAULT_KV_PREFIX, "
         "VAULT_TRANSIT_MOUNT.",
     )
     parser.add_argument("--env", required=True, help="environment, e.g. prod")
     parser.add_argument("--tenant", required=True, help="tenant, e.g. acme")
     parser.add_argument(
+        "--team",
+        action="append",
+        metavar="TEAM=NS[,NS...]",
+        help="a team and the namespaces of its workers: policy and role gtc-<env>-<tenant>-<team>, reading "
+        "only that team and the shared team (repeat for several teams; recommended)",
+    )
+    parser.add_argument(
+        "--shared-team",
+        default=c.DEFAULT_SHARED_TEAM,
+        metavar="TEAM",
+        help=f"the tenant's team every team may read too (default {c.DEFAULT_SHARED_TEAM})",
+    )
+    parser.add_argument(
         "--namespace",
-        required=True,
         action="append",
         metavar="NS",
-        help="Kubernetes namespace whose worker ServiceAccount may log in "
+        help="namespace of the tenant-wide role gtc-<env>-<tenant>, whose workers read every team "
         "(repeat for several; '*' is refused)",
     )
     parser.add_argument(

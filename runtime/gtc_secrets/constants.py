@@ -20,6 +20,10 @@ ENV_GREENTIC_TENANT: Final = "GREENTIC_TENANT"
 ENV_GREENTIC_TEAM: Final = "GREENTIC_TEAM"
 # Same default as the webhook's namespace binding (gtc_admission.constants.DEFAULT_TEAM).
 DEFAULT_TEAM: Final = "default"
+# The tenant's team every team may read besides its own (secrets of the environment owner, such as an
+# inbound webhook's secret); the same default as `gtc-secrets bootstrap --shared-team`.
+ENV_GREENTIC_SHARED_TEAM: Final = "GREENTIC_SHARED_TEAM"
+DEFAULT_SHARED_TEAM: Final = DEFAULT_TEAM
 
 # --- Vault settings of the worker (non-secret; injected by the webhook). ---
 ENV_VAULT_ADDR: Final = "VAULT_ADDR"
@@ -56,6 +60,11 @@ REFERENCE_SCHEME: Final = "secret://"
 def role_name(env: str, tenant: str) -> str:
     """The Vault role a worker logs in as by default (the webhook's default role template)."""
     return f"gtc-{env}-{tenant}"
+
+
+def team_role_name(env: str, tenant: str, team: str) -> str:
+    """The per-team Vault role and policy (``bootstrap --team``; template ``gtc-{env}-{tenant}-{team}``)."""
+    return f"gtc-{env}-{tenant}-{team}"
 
 
 def transit_key_name(env: str, tenant: str) -> str:

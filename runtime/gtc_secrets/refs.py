@@ -4,9 +4,10 @@ Two forms:
 
 - ``secret://<category>/<name>``: in the worker's own scope (its env, tenant and team);
 - ``secret://<env>/<tenant>/<team>/<category>/<name>``: the long form, accepted only inside the worker's
-  env AND tenant. Another team of the same tenant is allowed: the Vault policy is per env + tenant, so a
-  refusal here would only be cosmetic, and reaching a team's shared secrets (for instance the tenant's
-  ``default`` team) is the only reason the long form exists for a worker.
+  env AND tenant, and only in its own team or the tenant's shared team (``GREENTIC_SHARED_TEAM``, default
+  ``default``): reaching the shared team's secrets is what the long form is for. The boundary is Vault's
+  per-team policy (``gtc-secrets bootstrap --team``); this check only turns a reference Vault would refuse
+  into a clear error before any I/O.
 
 Every segment must match a strict ASCII grammar, checked before any I/O, so that nothing can leave the
 scope: no empty segments, no ``.``/``..``, no percent-escapes, backslashes, control characters, query or
@@ -20,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gtc_secrets.constants import REFERENCE_SCHEME
+from gtc_secrets.constants import DEFAULT_SHARED_TEAM, REFERENCE_SCHEME
 
 # env / tenant / team: RFC 1123 labels, as the webhook's namespace bindings and Vault role names need.
 SCOPE_SEGMENT = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -52,11 +53,13 @@ def display(text: str) -> str:
 
 @dataclass(frozen=True)
 class Scope:
-    """Who the worker is: its env, tenant and team (from GREENTIC_ENV/TENANT/TEAM)."""
+    """Who the worker is: its env, tenant and team (from GREENTIC_ENV/TENANT/TEAM), and the tenant's shared
+    team it may read too (GREENTIC_SHARED_TEAM)."""
 
     env: str
     tenant: str
     team: str
+    shared_team: str = DEFAULT_SHARED_TEAM
 
 
 @dataclass(frozen=True, order=True)
@@ -160,7 +163,8 @@ def _ref(reference: str, parts: list[str]) -> SecretRef:
 
 
 def parse_reference(reference: str, scope: Scope) -> SecretRef:
-    """Parse a reference as a worker of ``scope`` may use it (short form, or long form in its env+tenant)."""
+    """Parse a reference as a worker of ``scope`` may use it: the short form, or the long form in its env and
+    tenant and in its own or the shared team."""
     parts = _split(reference)
     if len(parts) == 2:
         return _ref(reference, [scope.env, scope.tenant, scope.team, *parts])
@@ -170,6 +174,12 @@ def parse_reference(reference: str, scope: Scope) -> SecretRef:
     if ref.tenant != scope.tenant:
         raise InvalidReference(
             reference, f"tenant {ref.tenant!r} is outside the worker's tenant {scope.tenant!r}"
+        )
+    if ref.team not in (scope.team, scope.shared_team):
+        raise InvalidReference(
+            reference,
+            f"team {ref.team!r} is outside the worker's team {scope.team!r} and the shared team "
+            f"{scope.shared_team!r} (Vault's per-team policy would refuse it)",
         )
     return ref
 

@@ -118,6 +118,7 @@ def parse_scope(environ: Mapping[str, str]) -> Scope:
         (c.ENV_GREENTIC_ENV, None),
         (c.ENV_GREENTIC_TENANT, None),
         (c.ENV_GREENTIC_TEAM, c.DEFAULT_TEAM),
+        (c.ENV_GREENTIC_SHARED_TEAM, c.DEFAULT_SHARED_TEAM),
     ):
         value = _optional(environ, name) or default
         if value is None:
@@ -127,7 +128,10 @@ def parse_scope(environ: Mapping[str, str]) -> Scope:
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
     return Scope(
-        env=values[c.ENV_GREENTIC_ENV], tenant=values[c.ENV_GREENTIC_TENANT], team=values[c.ENV_GREENTIC_TEAM]
+        env=values[c.ENV_GREENTIC_ENV],
+        tenant=values[c.ENV_GREENTIC_TENANT],
+        team=values[c.ENV_GREENTIC_TEAM],
+        shared_team=values[c.ENV_GREENTIC_SHARED_TEAM],
     )
 
 

@@ -212,6 +212,103 @@ def test_drift_is_repaired_and_reported(bootstrapped: Bootstrapped, files: Path)
     assert vault_state(root) == before
 
 
+# --- per-team roles (--team) ----------------------------------------------------------------------------
+
+TEAM_FLAGS = ["--team", "core=acme-core", "--team", "billing=acme-billing,acme-billing-eu"]
+
+
+def team_args(reviewer: TokenReviewer, files: Path, *extra: str) -> list[str]:
+    return bootstrap_args(ENV, "acme", [], reviewer, files, *TEAM_FLAGS, *extra)
+
+
+@pytest.fixture(scope="module")
+def team_output(bootstrapped: Bootstrapped, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """What the first ``bootstrap --team`` printed (on top of the tenant-wide fixture)."""
+    files = tmp_path_factory.mktemp("team-bootstrap")
+    code, out, err = run_bootstrap(
+        team_args(bootstrapped.reviewer, files), bootstrapped.openbao.admin_environ()
+    )
+    assert (code, err) == (0, "")
+    return out
+
+
+def test_team_roles_are_created_then_a_second_run_changes_nothing(
+    bootstrapped: Bootstrapped, team_output: str, files: Path
+) -> None:
+    """--team twice: created per-team policies and roles, then only 'unchanged' and no write at all."""
+    openbao, reviewer = bootstrapped.openbao, bootstrapped.reviewer
+    for line in (
+        "created policy gtc-prod-acme-billing",
+        "created policy gtc-prod-acme-core",
+        "created role gtc-prod-acme-billing (auth/kubernetes)",
+        "created role gtc-prod-acme-core (auth/kubernetes)",
+        # The fixture's tenant-wide role is left alone, and said to still read every team.
+        "unchanged: role gtc-prod-acme (auth/kubernetes) (tenant-wide: workers of its namespaces can still "
+        "read every team",
+        "bootstrapped env prod, tenant acme, teams billing, core: 4 change(s)",
+    ):
+        assert line in team_output
+    root = openbao.client()
+    before = {team: vault_state(root, f"gtc-prod-acme-{team}") for team in ("core", "billing")}
+    assert before["billing"]["role"]["bound_service_account_namespaces"] == [
+        "acme-billing",
+        "acme-billing-eu",
+    ]
+    audit_start = len(openbao.audit_entries())
+
+    code, out, err = run_bootstrap(team_args(reviewer, files), openbao.admin_environ())
+
+    assert (code, err) == (0, "")
+    assert all(line.startswith("unchanged: ") for line in out.strip().splitlines()[:-1]), out
+    assert out.strip().endswith(
+        "nothing to change: Vault is already bootstrapped for env prod, tenant acme, teams billing, core"
+    )
+    assert writes_since(openbao, audit_start) == []
+    assert {team: vault_state(root, f"gtc-prod-acme-{team}") for team in ("core", "billing")} == before
+    assert_no_credentials(out, openbao, reviewer)
+
+
+def test_team_drift_is_repaired_and_reported(
+    bootstrapped: Bootstrapped, team_output: str, files: Path
+) -> None:
+    """core's policy widened to billing and its role bound to billing's namespace: both put back."""
+    openbao, reviewer = bootstrapped.openbao, bootstrapped.reviewer
+    root = openbao.client()
+    before = vault_state(root, "gtc-prod-acme-core")
+    root.sys.create_or_update_acl_policy(
+        "gtc-prod-acme-core",
+        before["policy"]
+        + '\npath "secret/data/greentic/prod/acme/billing/*" {\n  capabilities = ["read"]\n}\n',
+    )
+    root.write_data(
+        "auth/kubernetes/role/gtc-prod-acme-core", data={"bound_service_account_namespaces": ["acme-billing"]}
+    )
+
+    code, out, err = run_bootstrap(team_args(reviewer, files), openbao.admin_environ())
+
+    assert (code, err) == (0, "")
+    assert "updated policy gtc-prod-acme-core (rules differ from the read-only team policy)" in out
+    assert "updated role gtc-prod-acme-core (auth/kubernetes) (bound_service_account_namespaces)" in out
+    assert "bootstrapped env prod, tenant acme, teams billing, core: 2 change(s)" in out
+    assert vault_state(root, "gtc-prod-acme-core") == before
+
+
+def test_a_team_worker_logs_in_with_exactly_its_team_policy(
+    bootstrapped: Bootstrapped, team_output: str
+) -> None:
+    """gtc-worker of acme-core gets gtc-prod-acme-core only; it cannot take billing's role or the tenant's."""
+    openbao, reviewer = bootstrapped.openbao, bootstrapped.reviewer
+    jwt = reviewer.sign("acme-core", "gtc-worker")
+
+    auth = login(openbao, jwt, "gtc-prod-acme-core")["auth"]
+
+    assert auth["policies"] == auth["token_policies"] == ["gtc-prod-acme-core"]
+    assert auth["metadata"]["service_account_namespace"] == "acme-core"
+    for role in ("gtc-prod-acme-billing", ACME_ROLE):
+        with pytest.raises(hvac.exceptions.Forbidden):
+            login(openbao, jwt, role)
+
+
 # --- the auth config keeps what it cannot read ----------------------------------------------------------
 
 

@@ -190,10 +190,11 @@ def test_demo_runs_the_whole_flow_and_never_prints_the_value(tmp_path: Path) -> 
 
     # 2: bootstrap twice, the second run a no-op.
     first, _, second = step[2].partition("the same command again:")
-    assert "created role gtc-prod-acme (auth/kubernetes)" in first
+    assert "created policy gtc-prod-acme-core" in first
+    assert "created role gtc-prod-acme-core (auth/kubernetes)" in first
     assert "created transit key transit/keys/gtc-prod-acme" in first
     assert "created" not in second
-    assert "nothing to change: Vault is already bootstrapped for env prod, tenant acme" in second
+    assert "nothing to change: Vault is already bootstrapped for env prod, tenant acme, team core" in second
 
     # 3: put, from stdin; the value shown only as its length and a hash prefix; KV holds the envelope.
     digest = hashlib.sha256(canary.encode()).hexdigest()
@@ -207,7 +208,7 @@ def test_demo_runs_the_whole_flow_and_never_prints_the_value(tmp_path: Path) -> 
     # 4: the Deployment and its pod admitted (the pod with a patch), the dev-secret pod denied by rule id.
     assert step[4].count("-> allowed: true, decision: allowed, rules: none") == 2
     assert '{"op":"add","path":"/spec/serviceAccountName","value":"gtc-worker"}' in step[4]
-    assert '"name":"VAULT_K8S_ROLE","value":"gtc-prod-acme"' in step[4]
+    assert '"name":"VAULT_K8S_ROLE","value":"gtc-prod-acme-core"' in step[4]
     assert (
         '{"op":"add","path":"/metadata/annotations","value":{"greentic.ai/secrets-backend":"vault"}}'
         in step[4]
@@ -227,7 +228,9 @@ def test_demo_runs_the_whole_flow_and_never_prints_the_value(tmp_path: Path) -> 
     assert "| value matches: True" in step[5]
 
     # 6: OpenBao's audit lines for that worker (login, KV read, transit decrypt) and the webhook's.
-    worker = "[system:serviceaccount:acme-prod:gtc-worker role=gtc-prod-acme policies=gtc-prod-acme]"
+    worker = (
+        "[system:serviceaccount:acme-prod:gtc-worker role=gtc-prod-acme-core policies=gtc-prod-acme-core]"
+    )
     for line in (
         "update auth/kubernetes/login",
         "read   secret/data/greentic/prod/acme/core/webhook/inbound-secret",

@@ -33,7 +33,7 @@ def target(**overrides: Any) -> b.Target:
 
 
 EMPTY = b.VaultState(
-    auth_mounts={}, secret_mounts={}, k8s_config=None, transit_key=None, policy=None, role=None
+    auth_mounts={}, secret_mounts={}, k8s_config=None, transit_key=None, policies={}, roles={}
 )
 
 # Shapes of what Vault answers (trimmed to the fields that matter, plus some it adds).
@@ -48,15 +48,16 @@ GOOD_KEY = {
 }
 
 
-def vault_role(t: b.Target) -> dict[str, Any]:
+def vault_role(t: b.Target, grant: b.Grant | None = None) -> dict[str, Any]:
     """A role as Vault answers it after bootstrap wrote it (with fields bootstrap does not manage)."""
+    grant = grant or t.tenant_grant
     return {
         "alias_name_source": "serviceaccount_uid",
         "audience": t.audience,
         "bound_service_account_names": [t.service_account],
-        "bound_service_account_namespaces": list(reversed(t.namespaces)),
-        "policies": [t.name],
-        "token_policies": [t.name],
+        "bound_service_account_namespaces": list(reversed(grant.namespaces)),
+        "policies": [grant.name],
+        "token_policies": [grant.name],
         "token_no_default_policy": True,
         "token_ttl": t.token_ttl,
         "token_max_ttl": t.token_max_ttl,
@@ -85,8 +86,8 @@ def bootstrapped_state(t: b.Target) -> b.VaultState:
         secret_mounts={"secret/": KV2_MOUNT, "transit/": TRANSIT_MOUNT, "sys/": {"type": "system"}},
         k8s_config=vault_config(),
         transit_key=GOOD_KEY,
-        policy=b.render_policy(t) + "\n",
-        role=vault_role(t),
+        policies={grant.name: b.render_policy(t, grant) + "\n" for grant in t.grants},
+        roles={grant.name: vault_role(t, grant) for grant in t.grants},
     )
 
 
@@ -563,4 +564,222 @@ def test_a_conflict_is_reported_with_exit_code_1_and_nothing_written() -> None:
     code = b.command(args, ENVIRON, admin_factory=lambda _: vault, out=io.StringIO(), err=err)
     assert code == b.EXIT_FAILED
     assert "KV version 1" in err.getvalue()
+    assert vault.writes == []
+
+
+# --- per-team policies and roles (--team) -----------------------------------------------------------------
+
+TEAMS = (("billing", ("acme-billing",)), ("core", ("acme-core", "acme-core-eu")))
+
+
+def team_target(**overrides: Any) -> b.Target:
+    return target(**{"namespaces": (), "teams": TEAMS, **overrides})
+
+
+def grant(t: b.Target, team: str) -> b.Grant:
+    (found,) = [g for g in t.grants if g.name == f"gtc-prod-acme-{team}"]
+    return found
+
+
+def test_team_policy_reads_its_team_and_the_shared_team_data_and_metadata_and_decrypts() -> None:
+    """Five rules: read data and metadata of the own and the shared team, decrypt with the tenant key."""
+    t = team_target()
+    hcl = b.render_policy(t, grant(t, "core"))
+    assert policy_rules(hcl) == {
+        "secret/data/greentic/prod/acme/core/*": ["read"],
+        "secret/data/greentic/prod/acme/default/*": ["read"],
+        "secret/metadata/greentic/prod/acme/core/*": ["read"],
+        "secret/metadata/greentic/prod/acme/default/*": ["read"],
+        "transit/decrypt/gtc-prod-acme": ["update"],
+    }
+    assert hcl.count("path ") == 5
+    assert "billing" not in hcl
+
+
+def test_the_shared_teams_own_policy_names_it_once_and_shared_team_is_configurable() -> None:
+    """--team default=...: one team to read; --shared-team common: common instead of default."""
+    t = team_target(teams=(("default", ("acme-prod",)),))
+    assert set(policy_rules(b.render_policy(t, grant(t, "default")))) == {
+        "secret/data/greentic/prod/acme/default/*",
+        "secret/metadata/greentic/prod/acme/default/*",
+        "transit/decrypt/gtc-prod-acme",
+    }
+    t = team_target(shared_team="common", kv_mount="kv", kv_prefix="gt")
+    assert set(policy_rules(b.render_policy(t, grant(t, "billing")))) == {
+        "kv/data/gt/prod/acme/billing/*",
+        "kv/data/gt/prod/acme/common/*",
+        "kv/metadata/gt/prod/acme/billing/*",
+        "kv/metadata/gt/prod/acme/common/*",
+        "transit/decrypt/gtc-prod-acme",
+    }
+
+
+def test_plan_with_teams_only_creates_one_policy_and_role_per_team_and_no_tenant_role() -> None:
+    """Policies before the auth config, roles after it; each role bound to its team's namespaces only."""
+    t = team_target()
+    steps = b.plan(EMPTY, t)
+    assert [w.path for s in steps for w in s.writes] == [
+        "sys/auth/kubernetes",
+        "sys/mounts/secret",
+        "sys/mounts/transit",
+        "transit/keys/gtc-prod-acme",
+        "sys/policies/acl/gtc-prod-acme-billing",
+        "sys/policies/acl/gtc-prod-acme-core",
+        "auth/kubernetes/config",
+        "auth/kubernetes/role/gtc-prod-acme-billing",
+        "auth/kubernetes/role/gtc-prod-acme-core",
+    ]
+    roles = {w.path: w.data for s in steps for w in s.writes if "/role/" in w.path}
+    core = roles["auth/kubernetes/role/gtc-prod-acme-core"]
+    assert core["bound_service_account_namespaces"] == ["acme-core", "acme-core-eu"]
+    assert core["token_policies"] == ["gtc-prod-acme-core"]
+    assert core["token_no_default_policy"] is True
+    assert roles["auth/kubernetes/role/gtc-prod-acme-billing"]["bound_service_account_namespaces"] == [
+        "acme-billing"
+    ]
+    assert (
+        b.summary(steps, t, dry_run=False)
+        == "bootstrapped env prod, tenant acme, teams billing, core: 9 change(s)"
+    )
+
+
+def test_plan_with_namespace_and_teams_manages_the_tenant_role_too() -> None:
+    """--namespace with --team (a migration): the tenant-wide pair first, then the teams'."""
+    t = team_target(namespaces=("acme-prod",))
+    names = [s.subject for s in b.plan(EMPTY, t) if s.subject.startswith(("policy", "role"))]
+    assert names == [
+        "policy gtc-prod-acme",
+        "policy gtc-prod-acme-billing",
+        "policy gtc-prod-acme-core",
+        "role gtc-prod-acme (auth/kubernetes)",
+        "role gtc-prod-acme-billing (auth/kubernetes)",
+        "role gtc-prod-acme-core (auth/kubernetes)",
+    ]
+
+
+def test_plan_with_teams_on_a_bootstrapped_vault_changes_nothing() -> None:
+    """Idempotent per team as for the tenant."""
+    t = team_target()
+    steps = b.plan(bootstrapped_state(t), t)
+    assert {s.verb for s in steps} == {"unchanged"}
+    assert b.summary(steps, t, dry_run=False) == (
+        "nothing to change: Vault is already bootstrapped for env prod, tenant acme, teams billing, core"
+    )
+
+
+def test_a_tenant_wide_role_left_behind_is_named_but_never_touched() -> None:
+    """Teams only, and the tenant-wide role exists: one 'unchanged' line saying it still reads every team."""
+    t = team_target()
+    state = bootstrapped_state(t)
+    left = b.VaultState(**{**vars(state), "roles": {**state.roles, "gtc-prod-acme": vault_role(target())}})
+    steps = b.plan(left, t)
+    assert [w for s in steps for w in s.writes] == []
+    text = steps[-1].describe(dry_run=False)
+    assert text.startswith("unchanged: role gtc-prod-acme (auth/kubernetes) (tenant-wide: ")
+    assert "can still read every team" in text
+    assert not any("tenant-wide" in s.describe(dry_run=False) for s in b.plan(state, t))
+
+
+def test_team_drift_is_repaired_and_named() -> None:
+    """A widened team policy and a team role bound to another namespace are written again."""
+    t = team_target()
+    state = bootstrapped_state(t)
+    core = grant(t, "core")
+    widened = (
+        b.render_policy(t, core)
+        + 'path "secret/data/greentic/prod/acme/billing/*" { capabilities = ["read"] }\n'
+    )
+    drifted = b.VaultState(
+        **{
+            **vars(state),
+            "policies": {**state.policies, core.name: widened},
+            "roles": {
+                **state.roles,
+                core.name: {**vault_role(t, core), "bound_service_account_namespaces": ["acme-billing"]},
+            },
+        }
+    )
+    changed = [s for s in b.plan(drifted, t) if s.verb != "unchanged"]
+    assert [s.describe(dry_run=False) for s in changed] == [
+        "updated policy gtc-prod-acme-core (rules differ from the read-only team policy)",
+        "updated role gtc-prod-acme-core (auth/kubernetes) (bound_service_account_namespaces)",
+    ]
+    assert changed[0].writes == (
+        b.Write("sys/policies/acl/gtc-prod-acme-core", {"policy": b.render_policy(t, core)}),
+    )
+    assert changed[1].writes[0].data["bound_service_account_namespaces"] == ["acme-core", "acme-core-eu"]
+
+
+def test_a_policy_bootstrap_made_for_another_scope_is_never_rewritten() -> None:
+    """Team core of tenant acme and tenant acme-core are both gtc-prod-acme-core: refused, nothing written."""
+    other = target(tenant="acme-core")
+    t = team_target()
+    with pytest.raises(b.BootstrapError) as caught:
+        b.plan_policy(b.render_policy(other), t, grant(t, "core"))
+    assert str(caught.value) == (
+        "policy gtc-prod-acme-core is managed by bootstrap for another scope (workers of env prod, tenant "
+        "acme-core.): the names of two scopes collide; choose another team or tenant name"
+    )
+    # A hand-written policy of that name is drift, rewritten as before.
+    assert b.plan_policy('path "x" { capabilities = ["read"] }', t, grant(t, "core")).verb == "update"
+
+
+def test_team_flags_are_grouped_merged_and_sorted() -> None:
+    """--team T=NS[,NS...] repeatable: a repeated team adds namespaces; no --namespace is needed."""
+    args = parse(
+        "--env", "prod", "--tenant", "acme",
+        "--team", "core=acme-core-eu,acme-core", "--team", "billing=acme-billing", "--team", "core=acme-core",
+        "--shared-team", "common",
+    )  # fmt: skip
+    t = b.target_from_args(args, {})
+    assert t.namespaces == ()
+    assert t.teams == TEAMS
+    assert t.shared_team == "common"
+    assert [g.name for g in t.grants] == ["gtc-prod-acme-billing", "gtc-prod-acme-core"]
+    assert grant(t, "core").teams == ("core", "common")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "give --team TEAM=NS[,NS...] (one role per team, recommended) or --namespace NS"),
+        (["--team", "core"], "--team 'core': name the team's namespaces: --team core=NS"),
+        (["--team", "core="], "--team 'core=': name the team's namespaces"),
+        (["--team", "Core=acme-core"], "--team 'Core' is not a lower-case RFC 1123 label"),
+        (["--team", "=acme-core"], "--team is empty"),
+        (["--team", "core=*"], "--team core '*' is refused"),
+        (["--team", "core=acme-core,,x"], "--team core '' is not a Kubernetes namespace name"),
+        (["--team", "core=Acme"], "--team core 'Acme' is not a Kubernetes namespace name"),
+        (
+            ["--team", "core=acme-a,acme-shared", "--team", "billing=acme-shared"],
+            "namespace acme-shared is given for teams billing and core; its workers could log in with either",
+        ),
+        (["--team", "core=acme-core", "--shared-team", "../x"], "--shared-team '../x' is not"),
+    ],
+)
+def test_bad_team_arguments_are_refused_before_any_io(argv: list[str], message: str) -> None:
+    """Exit 2 naming the flag; Vault is never contacted."""
+    err = io.StringIO()
+    code = b.command(
+        parse("--env", "prod", "--tenant", "acme", *argv),
+        ENVIRON,
+        admin_factory=no_vault,
+        out=io.StringIO(),
+        err=err,
+    )
+    assert code == b.EXIT_USAGE
+    assert message in err.getvalue()
+
+
+def test_run_with_teams_reads_every_managed_name_and_the_tenant_role() -> None:
+    """read_state asks for each team's policy and role, and for the tenant-wide role (to name it)."""
+    vault = RecordingVault({})
+    b.run(vault, team_target(), dry_run=True, out=io.StringIO())
+    assert {path for path in vault.reads if "/acl/" in path or "/role/" in path} == {
+        "sys/policies/acl/gtc-prod-acme-billing",
+        "sys/policies/acl/gtc-prod-acme-core",
+        "auth/kubernetes/role/gtc-prod-acme-billing",
+        "auth/kubernetes/role/gtc-prod-acme-core",
+        "auth/kubernetes/role/gtc-prod-acme",
+    }
     assert vault.writes == []

@@ -35,7 +35,7 @@ def test_example_config_loads() -> None:
     assert config.vault_token.filename == "token"
     prod = config.environments["prod"]
     assert prod.uses_vault and prod.enforcement == "deny"
-    assert prod.vault is not None and prod.vault.role_for("prod", "acme", "core") == "gtc-prod-acme"
+    assert prod.vault is not None and prod.vault.role_for("prod", "acme", "core") == "gtc-prod-acme-core"
     assert not config.environments["dev"].uses_vault
     assert config.namespaces["acme-prod"] == NamespaceBinding(env="prod", tenant="acme", team="core")
 
@@ -303,11 +303,73 @@ def test_ca_config_map_errors_name_the_key(value: Any, expected: str) -> None:
 
 
 def test_ca_config_map_needs_an_https_addr() -> None:
-    """A CA next to a plain http:// Vault is refused (the runtime refuses http anyway)."""
+    """A CA next to a plain http:// Vault is refused, also when plain http is chosen explicitly."""
     document = copy.deepcopy(CONFIG_DOCUMENT)
     document["environments"]["secure"]["vault"]["addr"] = "http://vault:8200"
+    document["environments"]["secure"]["vault"]["insecureHttp"] = True
     with pytest.raises(ConfigError, match=f"{CA}: needs an https:// addr"):
         parse_config(document)
+
+
+# --- environments.<env>.vault.insecureHttp ---------------------------------------------------------------
+
+VAULT = "environments.prod.vault"
+
+
+def _vault(**changes: Any) -> dict[str, Any]:
+    document = copy.deepcopy(CONFIG_DOCUMENT)
+    document["environments"]["prod"]["vault"].update(changes)
+    return document
+
+
+def test_plain_http_is_refused_unless_chosen_explicitly() -> None:
+    """An http:// addr without insecureHttp: true names both keys and says what travels unencrypted."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_vault(addr="http://vault.vault.svc:8200"))
+    message = str(caught.value)
+    assert message.startswith(f"{VAULT}.addr: 'http://vault.vault.svc:8200' is plain http")
+    assert "ServiceAccount token" in message
+    assert f"set {VAULT}.insecureHttp: true" in message
+    assert f"{VAULT}.caConfigMap" in message
+    with pytest.raises(ConfigError, match=f"{VAULT}.addr: .* is plain http"):
+        parse_config(_vault(addr="http://vault:8200", insecureHttp=False))
+
+
+def test_insecure_http_with_an_http_addr_is_accepted_and_off_by_default() -> None:
+    """insecureHttp: true goes with http://; without the key it is false."""
+    vault = parse_config(_vault(addr="http://vault:8200", insecureHttp=True)).environments["prod"].vault
+    assert vault is not None
+    assert (vault.addr, vault.insecure_http) == ("http://vault:8200", True)
+    default = parse_config(CONFIG_DOCUMENT).environments["prod"].vault
+    assert default is not None and default.insecure_http is False
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        pytest.param(
+            {"insecureHttp": True},
+            f"{VAULT}.insecureHttp: true only goes with an http:// addr, not 'https://",
+            id="with-https",
+        ),
+        pytest.param(
+            {"addr": "http://v:8200", "insecureHttp": "true"},
+            f"{VAULT}.insecureHttp: must be true or false, got 'true'",
+            id="string",
+        ),
+        pytest.param(
+            {"addr": "http://v:8200", "insecureHttp": 1},
+            f"{VAULT}.insecureHttp: must be true or false",
+            id="int",
+        ),
+        pytest.param({"insecureHTTP": True}, f"{VAULT}.insecureHTTP: unknown key", id="typo"),
+    ],
+)
+def test_insecure_http_errors_name_the_key(changes: dict[str, Any], expected: str) -> None:
+    """A string "true", a leftover flag next to https:// and a misspelt key are all refused."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_vault(**changes))
+    assert expected in str(caught.value)
 
 
 def test_token_file_cannot_be_the_ca_file() -> None:

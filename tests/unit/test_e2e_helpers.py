@@ -811,7 +811,7 @@ def test_plan_of_the_real_deploy_folder(rendered_deploy: tuple[Path, plan.Deploy
     }
     env = plan.expected_worker_env(deployed)
     assert env[c.ENV_VAULT_ADDR].startswith("https://")  # the runtime refuses anything else
-    assert env[c.ENV_VAULT_ROLE] == "gtc-prod-acme"
+    assert env[c.ENV_VAULT_ROLE] == "gtc-prod-acme-core"  # the per-team role of bootstrap --team
 
 
 @needs_kubectl

@@ -35,6 +35,7 @@ JWT: Final = "jwt-acme"  # what FakeVault accepts at login
 # Beyond test_refs.HOSTILE: more ways out of the scope, and more look-alikes of "/" "." and "secret".
 MORE_HOSTILE: Final = [
     "secret://prod/acme/core/../../../sys/raw",
+    "secret://prod/acme/billing/llm/key",  # another team of the tenant, not the shared one
     "secret://prod/acme/core/llm/key/../../../../globex/core/llm/key",
     "secret://llm/..%2f..%2fsys",
     "secret://llm%2f..%2f../key",

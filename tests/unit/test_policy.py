@@ -13,7 +13,7 @@ import pytest
 from gtc_admission import constants as c
 from gtc_admission.admission import Endpoint, Outcome, handle_review
 from gtc_admission.bindings import NOT_READY, LayeredBindings, Lookup, StaticBindings
-from gtc_admission.config import Config, NamespaceBinding
+from gtc_admission.config import Config, NamespaceBinding, parse_config
 from gtc_admission.policy import classify, forbidden_references
 from tests.unit.conftest import (
     BADGE,
@@ -23,6 +23,7 @@ from tests.unit.conftest import (
     CA_KEY,
     CANARY,
     CONFIG,
+    CONFIG_DOCUMENT,
     DEV_SECRET,
     TOKEN_DIR,
     TOKEN_PATH,
@@ -236,6 +237,8 @@ OVERRIDABLE = [
     (c.ENV_VAULT_TOKEN_PATH, TOKEN_PATH),
     (c.ENV_VAULT_KV_MOUNT, "secret"),
     (c.ENV_VAULT_KV_PREFIX, "greentic"),
+    # Pinned to "false" in a TLS environment (never added): a pod cannot switch plain HTTP on.
+    (c.ENV_VAULT_INSECURE_HTTP, "false"),
 ]
 
 
@@ -594,6 +597,96 @@ def test_without_ca_config_map_vault_cacert_is_the_pods_own() -> None:
     outcome = run(obj)
     assert outcome.rules == ()
     assert env_of(patched(obj, outcome))[c.ENV_VAULT_CACERT] == "/etc/ssl/own.pem"
+
+
+# --- Plain-http Vault by explicit choice (environments.<env>.vault.insecureHttp) ------------------------
+
+PLAIN = "acme-plain"
+PLAIN_ADDR = "http://vault.mesh.svc:8200"
+
+
+def _plain_http_config() -> Config:
+    document = copy.deepcopy(CONFIG_DOCUMENT)
+    document["environments"]["plain"] = {
+        "secretsPack": c.PACK_VAULT,
+        "vault": {"addr": PLAIN_ADDR, "role": "gtc-{env}-{tenant}-{team}", "insecureHttp": True},
+    }
+    document["namespaces"][PLAIN] = {"env": "plain", "tenant": "acme", "team": "core"}
+    return parse_config(document)
+
+
+PLAIN_CONFIG = _plain_http_config()
+PLAIN_BINDINGS = StaticBindings(PLAIN_CONFIG.namespaces)
+
+
+def run_plain(obj: dict[str, Any], endpoint: Endpoint = "mutate") -> Outcome:
+    return run(obj, endpoint, config=PLAIN_CONFIG, bindings=PLAIN_BINDINGS, namespace=PLAIN)
+
+
+def test_insecure_http_patch() -> None:
+    """The http:// addr and GREENTIC_VAULT_INSECURE_HTTP=true, right after the token path; no CA."""
+    outcome = run_plain(pod())
+    assert outcome.rules == ()
+    (env,) = [op["value"] for op in patch_of(outcome) if op["path"] == "/spec/containers/0/env"]
+    assert env == [
+        {"name": c.ENV_SECRETS_BACKEND, "value": "vault"},
+        {"name": c.ENV_VAULT_ADDR, "value": PLAIN_ADDR},
+        {"name": c.ENV_VAULT_ROLE, "value": "gtc-plain-acme-core"},
+        {"name": c.ENV_VAULT_TOKEN_PATH, "value": TOKEN_PATH},
+        {"name": c.ENV_VAULT_INSECURE_HTTP, "value": "true"},
+        {"name": c.ENV_GREENTIC_ENV, "value": "plain"},
+        {"name": c.ENV_GREENTIC_TENANT, "value": "acme"},
+        {"name": c.ENV_GREENTIC_TEAM, "value": "core"},
+    ]
+
+
+@pytest.mark.parametrize("defaulted", [False, True], ids=["as-patched", "after-api-server-defaults"])
+def test_insecure_http_mutation_is_idempotent(defaulted: bool) -> None:
+    """The patched pod sent again (reinvocation) yields an empty patch and passes /validate."""
+    obj = pod(containers=[container(), container("b")], initContainers=[container("i")])
+    once = patched(obj, run_plain(obj))
+    again_input = _api_server_defaults(once) if defaulted else once
+    again = run_plain(again_input)
+    assert "patch" not in response(again)
+    assert again.decision == "allowed" and again.rules == ()
+    assert run_plain(again_input, "validate").rules == ()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param({"value": "false"}, id="false"),
+        pytest.param({"value": "TRUE"}, id="other-spelling"),
+        pytest.param({"valueFrom": {"configMapKeyRef": {"name": "cm", "key": CANARY}}}, id="valueFrom"),
+    ],
+)
+def test_pod_setting_insecure_http_is_overridden(entry: dict[str, Any]) -> None:
+    """The flag is the config's: a pod's own entry is replaced with "true", with a warning naming it."""
+    obj = pod(containers=[container("app-1", env=[{"name": c.ENV_VAULT_INSECURE_HTTP, **entry}])])
+    outcome = run_plain(obj)
+    assert (outcome.decision, outcome.rules) == ("warned", (c.RULE_VAULT_SETTINGS_OVERRIDE,))
+    (warning,) = response(outcome)["warnings"]
+    assert "app-1" in warning and c.ENV_VAULT_INSECURE_HTTP in warning
+    after = patched(obj, outcome)
+    entries = [e for e in after["spec"]["containers"][0]["env"] if e["name"] == c.ENV_VAULT_INSECURE_HTTP]
+    assert entries == [{"name": c.ENV_VAULT_INSECURE_HTTP, "value": "true"}]
+    assert "patch" not in response(run_plain(after))
+    # Changed again after the patch: /validate says it differs (a warning, like VAULT_ADDR).
+    after["spec"]["containers"][0]["env"][0] = {"name": c.ENV_VAULT_INSECURE_HTTP, **entry}
+    validated = run_plain(after, "validate")
+    assert validated.rules == (c.RULE_VAULT_SETTINGS_OVERRIDE,) and response(validated)["allowed"] is True
+    assert_clean(outcome)
+
+
+def test_tls_environment_never_adds_insecure_http_and_pins_a_pods_true_to_false() -> None:
+    """Without insecureHttp the flag is not injected; a pod that sets it to true gets "false"."""
+    assert c.ENV_VAULT_INSECURE_HTTP not in env_of(patched(pod(), run(pod())))
+    obj = pod(containers=[container(env=[{"name": c.ENV_VAULT_INSECURE_HTTP, "value": "true"}])])
+    outcome = run(obj)
+    assert outcome.rules == (c.RULE_VAULT_SETTINGS_OVERRIDE,)
+    assert env_of(patched(obj, outcome))[c.ENV_VAULT_INSECURE_HTTP] == "false"
+    kept = pod(containers=[container(env=[{"name": c.ENV_VAULT_INSECURE_HTTP, "value": "false"}])])
+    assert run(kept).rules == ()
 
 
 def test_mutate_judges_the_pod_after_its_patch() -> None:

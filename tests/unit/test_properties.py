@@ -41,6 +41,7 @@ ENV_NAMES = [
     c.ENV_VAULT_KV_MOUNT,
     c.ENV_VAULT_KV_PREFIX,
     c.ENV_VAULT_CACERT,
+    c.ENV_VAULT_INSECURE_HTTP,
     c.ENV_GREENTIC_ENV,
     c.ENV_GREENTIC_TENANT,
     c.ENV_GREENTIC_TEAM,
@@ -59,6 +60,8 @@ ENV_VALUES = [
     "https://vault.vault.svc:8200",
     "secret",
     CA_FILE,
+    "true",
+    "false",
 ]
 
 value_source: st.SearchStrategy[dict[str, Any]] = st.one_of(

@@ -36,10 +36,29 @@ def test_long_form_in_own_scope() -> None:
     )
 
 
-def test_long_form_may_name_another_team_of_the_same_tenant() -> None:
-    """The Vault policy is per env + tenant; a tenant's shared team is reachable with the long form."""
+def test_long_form_may_name_the_shared_team_of_the_tenant() -> None:
+    """The tenant's shared team (default: ``default``) is what the long form is for."""
     ref = parse_reference("secret://prod/acme/default/telegram/bot.token", SCOPE)
     assert ref.team == "default"
+    shared = Scope(env="prod", tenant="acme", team="core", shared_team="common")
+    assert parse_reference("secret://prod/acme/common/telegram/bot.token", shared).team == "common"
+
+
+@pytest.mark.parametrize(
+    ("reference", "scope"),
+    [
+        ("secret://prod/acme/billing/llm/key", SCOPE),
+        # With another shared team, "default" is just another team.
+        ("secret://prod/acme/default/llm/key", Scope("prod", "acme", "core", shared_team="common")),
+    ],
+)
+def test_long_form_in_another_team_is_refused_naming_both_allowed_teams(reference: str, scope: Scope) -> None:
+    """Only the worker's own team and the shared team: Vault's per-team policy refuses the others."""
+    with pytest.raises(InvalidReference) as caught:
+        parse_reference(reference, scope)
+    message = str(caught.value)
+    assert f"outside the worker's team 'core' and the shared team {scope.shared_team!r}" in message
+    assert reference in message
 
 
 @pytest.mark.parametrize(
@@ -182,12 +201,14 @@ def test_valid_short_references_round_trip(category: str, name: str) -> None:
 
 @given(text=st.text(max_size=80))
 def test_anything_that_parses_stays_in_scope(text: str) -> None:
-    """Whatever the input, a parsed reference is in the worker's env and tenant and has 5 clean segments."""
+    """Whatever the input, a parsed reference is in the worker's env and tenant, in its own or the shared
+    team, and has 5 clean segments."""
     try:
         ref = parse_reference("secret://" + text, SCOPE)
     except InvalidReference:
         return
     assert (ref.env, ref.tenant) == ("prod", "acme")
+    assert ref.team in ("core", "default")
     assert ref.logical_path.isascii()
     assert all(part and part not in (".", "..") for part in ref.logical_path.split("/"))
     assert len(ref.logical_path.split("/")) == 5

@@ -129,6 +129,17 @@ def test_team_defaults_like_the_webhook_binding() -> None:
     )
 
 
+def test_shared_team_defaults_to_default_and_is_checked() -> None:
+    """GREENTIC_SHARED_TEAM: the team every worker of the tenant may read besides its own."""
+    scope = RuntimeSettings.from_environ(BASE).scope
+    assert scope.shared_team == "default"
+    assert (
+        RuntimeSettings.from_environ({**BASE, "GREENTIC_SHARED_TEAM": "common"}).scope.shared_team == "common"
+    )
+    with pytest.raises(SettingsError, match="GREENTIC_SHARED_TEAM"):
+        RuntimeSettings.from_environ({**BASE, "GREENTIC_SHARED_TEAM": "../billing"})
+
+
 def test_settings_are_frozen() -> None:
     """Read once in main, never changed afterwards."""
     settings = RuntimeSettings.from_environ(BASE)

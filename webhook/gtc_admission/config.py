@@ -66,6 +66,8 @@ class VaultSettings:
     kv_mount: str = c.DEFAULT_KV_MOUNT
     kv_prefix: str = c.DEFAULT_KV_PREFIX
     ca_config_map: CAConfigMap | None = None  # None: the worker trusts its image's CA store
+    # An http:// addr, chosen explicitly: workers get GREENTIC_VAULT_INSECURE_HTTP=true (pinned).
+    insecure_http: bool = False
 
     def role_for(self, env: str, tenant: str, team: str) -> str:
         return self.role.format(env=env, tenant=tenant, team=team)
@@ -175,10 +177,23 @@ def _string_map(value: object, key: str) -> dict[str, str]:
 
 def _vault(value: object, key: str) -> VaultSettings:
     raw = _mapping(value, key)
-    _only_keys(raw, key, {"addr", "role", "kvMount", "kvPrefix", "caConfigMap"})
+    _only_keys(raw, key, {"addr", "role", "kvMount", "kvPrefix", "caConfigMap", "insecureHttp"})
     addr = _string(raw.get("addr"), f"{key}.addr")
     if not addr.startswith(("https://", "http://")):
         raise ConfigError(f"{key}.addr: must be an http(s) URL")
+    insecure_http = raw.get("insecureHttp", False)
+    if not isinstance(insecure_http, bool):
+        raise ConfigError(f"{key}.insecureHttp: must be true or false, got {insecure_http!r}")
+    if addr.startswith("http://") and not insecure_http:
+        # Workers send their ServiceAccount token to this address: plain HTTP must be a visible decision.
+        raise ConfigError(
+            f"{key}.addr: {addr!r} is plain http, which sends every worker's ServiceAccount token and "
+            f"Vault token unencrypted; give Vault TLS (https:// and {key}.caConfigMap), or set "
+            f"{key}.insecureHttp: true (only inside an mTLS service mesh or for a local trial)"
+        )
+    if insecure_http and not addr.startswith("http://"):
+        # A leftover flag would switch plain HTTP on again unnoticed if the addr ever went back.
+        raise ConfigError(f"{key}.insecureHttp: true only goes with an http:// addr, not {addr!r}")
     role = _string(raw.get("role", "gtc-{env}-{tenant}"), f"{key}.role")
     for name in _PLACEHOLDER.findall(role):
         if name not in ROLE_PLACEHOLDERS:
@@ -200,6 +215,7 @@ def _vault(value: object, key: str) -> VaultSettings:
         kv_mount=_kv_path(raw.get("kvMount", c.DEFAULT_KV_MOUNT), f"{key}.kvMount"),
         kv_prefix=_kv_path(raw.get("kvPrefix", c.DEFAULT_KV_PREFIX), f"{key}.kvPrefix"),
         ca_config_map=ca_config_map,
+        insecure_http=insecure_http,
     )
 
 

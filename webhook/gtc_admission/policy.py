@@ -343,7 +343,12 @@ def worker_settings(env: Environment, binding: NamespaceBinding, token: TokenSet
     if vault.ca_config_map is not None:
         # Ours like VAULT_ADDR: a pod pointing VAULT_CACERT at a CA of its choosing would trust any server.
         ca_env.append((c.ENV_VAULT_CACERT, f"{token.directory}/{c.VAULT_CA_FILE}"))
-        vault_settings.update(ca_env)
+    if vault.insecure_http:
+        # The runtime refuses http:// without it; pinned like VAULT_ADDR, so it is the config's choice.
+        ca_env.append((c.ENV_VAULT_INSECURE_HTTP, "true"))
+    vault_settings.update(ca_env)
+    # Pinned in TLS environments too (not added): a pod must not switch plain HTTP on by itself.
+    vault_settings.setdefault(c.ENV_VAULT_INSECURE_HTTP, "false")
     identity = {
         c.ENV_GREENTIC_ENV: env.name,
         c.ENV_GREENTIC_TENANT: binding.tenant,
