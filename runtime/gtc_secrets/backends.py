@@ -25,7 +25,7 @@ from gtc_secrets.resolve import (
     retry_until,
 )
 from gtc_secrets.settings import RuntimeSettings, VaultWorkerSettings
-from gtc_secrets.vault import PipelinedTransport, Transport, VaultPaths, WorkerVault, make_ssl_context
+from gtc_secrets.vault import AiohttpTransport, Transport, VaultPaths, WorkerVault, make_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ TransportFactory = Callable[[VaultWorkerSettings], Transport]
 
 
 def default_transport(settings: VaultWorkerSettings) -> Transport:
-    return PipelinedTransport(settings.addr, make_ssl_context(settings.ca_cert))
+    """aiohttp's client to VAULT_ADDR, TLS verified against VAULT_CACERT."""
+    return AiohttpTransport(settings.addr, make_ssl_context(settings.ca_cert))
 
 
 class VaultBackend:

@@ -32,9 +32,9 @@ from gtc_secrets.seed import HvacAdminVault, put_secret
 from gtc_secrets.settings import AdminSettings, RuntimeSettings, VaultWorkerSettings
 from gtc_secrets.vault import (
     DEFAULT_CONNECTIONS,
+    AiohttpTransport,
     Forbidden,
     Method,
-    PipelinedTransport,
     Response,
     VaultPaths,
     WorkerVault,
@@ -86,7 +86,7 @@ async def resolve(environ: Mapping[str, str], refs: list[SecretRef]) -> dict[Sec
 class Recording:
     """A spy at the Transport seam around the real transport: (method, path, status, token)."""
 
-    def __init__(self, inner: PipelinedTransport) -> None:
+    def __init__(self, inner: AiohttpTransport) -> None:
         self.inner = inner
         self.log: list[tuple[str, str, int, str | None]] = []
 
@@ -105,7 +105,7 @@ def worker_client(
     bootstrapped: Bootstrapped, token_file: Path, *, role: str = "gtc-prod-acme", **kw: Any
 ) -> tuple[WorkerVault, Recording]:
     transport = Recording(
-        PipelinedTransport(bootstrapped.openbao.addr, make_ssl_context(Path(bootstrapped.openbao.ca_file)))
+        AiohttpTransport(bootstrapped.openbao.addr, make_ssl_context(Path(bootstrapped.openbao.ca_file)))
     )
     return WorkerVault(transport, PATHS, role=role, token_path=token_file, **kw), transport
 
@@ -187,11 +187,11 @@ async def test_many_references_one_login_one_batch_decrypt(bootstrapped: Bootstr
     assert [p for _, p in requests if p.startswith("transit/")] == ["transit/decrypt/gtc-prod-acme"]
 
 
-async def test_many_references_share_a_few_pipelined_connections(bootstrapped: Bootstrapped) -> None:
+async def test_many_references_share_a_bounded_connection_pool(bootstrapped: Bootstrapped) -> None:
     """40 references, as a booting worker resolves them: all values right, and every request came over at
     most DEFAULT_CONNECTIONS TCP connections (the client ports in Vault's audit log), the reads spread over
-    more than one of them (pipelined: 40 reads, a handful of connections)."""
-    since = await seed_and_resolve(bootstrapped, [acme(f"pipelined{i:02d}") for i in range(40)], CANARY)
+    more than one of them (concurrent: 40 reads, a handful of kept-alive connections)."""
+    since = await seed_and_resolve(bootstrapped, [acme(f"pooled{i:02d}") for i in range(40)], CANARY)
     ports: dict[str, set[int]] = {"login": set(), "kv": set(), "transit": set()}
     for entry in bootstrapped.openbao.audit_entries()[since:]:
         request = entry.get("request", {})
@@ -571,7 +571,8 @@ async def test_sealed_at_boot_then_unsealed_resolves(bootstrapped: Bootstrapped)
 async def test_canary_never_in_logs_exceptions_or_cli_errors(
     bootstrapped: Bootstrapped, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Success, plaintext entry, copied envelope, forbidden path, via the API and the CLI, at DEBUG."""
+    """Success, plaintext entry, copied envelope, forbidden path, via the API and the CLI, at DEBUG (the
+    runtime's HTTP client, aiohttp, logging too)."""
     caplog.set_level(logging.DEBUG)
     ok, raw, copy = acme("canary_ok"), acme("canary_raw"), acme("canary_copy")
     seed(bootstrapped, ok, CANARY)
