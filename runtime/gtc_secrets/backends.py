@@ -24,8 +24,8 @@ from gtc_secrets.resolve import (
     resolve_from_vault,
     retry_until,
 )
-from gtc_secrets.settings import RuntimeSettings, VaultWorkerSettings
-from gtc_secrets.vault import PipelinedTransport, Transport, VaultPaths, WorkerVault, make_ssl_context
+from gtc_secrets.settings import RuntimeSettings, VaultWorkerSettings, plain_http_warning
+from gtc_secrets.vault import AiohttpTransport, Transport, VaultPaths, WorkerVault, make_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,12 @@ TransportFactory = Callable[[VaultWorkerSettings], Transport]
 
 
 def default_transport(settings: VaultWorkerSettings) -> Transport:
-    return PipelinedTransport(settings.addr, make_ssl_context(settings.ca_cert))
+    """aiohttp's client to VAULT_ADDR: TLS verified against VAULT_CACERT, or plain http when the settings
+    allowed it (GREENTIC_VAULT_INSECURE_HTTP=true), announced at every boot."""
+    if settings.plain_http:
+        log.warning("%s", plain_http_warning(settings.addr))
+        return AiohttpTransport(settings.addr, None)
+    return AiohttpTransport(settings.addr, make_ssl_context(settings.ca_cert))
 
 
 class VaultBackend:

@@ -43,7 +43,13 @@ from gtc_secrets.refs import (
 )
 from gtc_secrets.resolve import BootTimeout, ResolveError
 from gtc_secrets.seed import AdminVault, HvacAdminVault, SeedError, put_secret, strip_one_newline
-from gtc_secrets.settings import AdminSettings, RuntimeSettings, SettingsError
+from gtc_secrets.settings import (
+    OPERATOR_TRAFFIC,
+    AdminSettings,
+    RuntimeSettings,
+    SettingsError,
+    plain_http_warning,
+)
 from gtc_secrets.vault import TLSConfigError, TokenFileError, VaultError, VaultTLSError, VaultUnavailable
 
 log = logging.getLogger("gtc_secrets")
@@ -245,6 +251,8 @@ def cmd_put(args: argparse.Namespace, environ: Mapping[str, str], admin_factory:
         settings = AdminSettings.from_environ(environ)
     except SettingsError as exc:
         raise CommandError(EXIT_CONFIG, str(exc)) from None
+    if settings.plain_http:
+        log.warning("%s", plain_http_warning(settings.addr, OPERATOR_TRAFFIC))
     value = _read_value(args, ref)
     try:
         location = put_secret(admin_factory(settings), settings, ref, value)

@@ -42,6 +42,9 @@ DEFAULT_KV_MOUNT: Final = "secret"
 DEFAULT_KV_PREFIX: Final = "greentic"
 DEFAULT_TRANSIT_MOUNT: Final = "transit"
 DEFAULT_BOOT_TIMEOUT_SECONDS: Final = 30.0
+# "true" lets VAULT_ADDR be plain http:// (the token then travels unencrypted); injected by the webhook only
+# for an environment with vault.insecureHttp: true. Only "true" and "false" are accepted.
+ENV_VAULT_INSECURE_HTTP: Final = "GREENTIC_VAULT_INSECURE_HTTP"
 
 # --- Operator side only (`put`, `bootstrap`). The worker NEVER reads these. ---
 ENV_VAULT_TOKEN: Final = "VAULT_TOKEN"  # noqa: S105 - a variable name, not a password

@@ -1,6 +1,6 @@
 """Resolve many references from Vault at once, and the bounded boot retry around it.
 
-One login (shared by every call), the KV reads all at once (bounded; pipelined by the transport), ONE transit
+One login (shared by every call), the KV reads all at once (bounded; over the transport's pool), ONE transit
 batch-decrypt of all wrapped data keys (every reference of a worker is in its env + tenant, so one
 transit key ``gtc-<env>-<tenant>``), then AES-GCM locally. Every failing reference is reported at once,
 so a broken deployment is fixed in one round; a missing secret is always a hard error.
@@ -27,8 +27,8 @@ from gtc_secrets.vault import NotFound, TransitItemErrors, VaultError, VaultUnav
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Reads outstanding at once. The transport bounds the connections and pipelines the reads on them, so this
-# only bounds how many requests wait in its queues: every reference of a typical worker goes out at once.
+# Reads outstanding at once. The transport bounds the connections and queues the reads for them, so this
+# only bounds how many requests wait in its queue: every reference of a typical worker goes out at once.
 DEFAULT_CONCURRENCY = 64
 
 

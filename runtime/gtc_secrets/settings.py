@@ -3,6 +3,9 @@
 The worker's settings have no field for ``VAULT_TOKEN`` and nothing here reads ``~/.vault-token``: a
 worker's only credential is its ServiceAccount token file. Only :class:`AdminSettings` (``put``) reads
 ``VAULT_TOKEN``.
+
+``VAULT_ADDR`` is https:// unless ``GREENTIC_VAULT_INSECURE_HTTP=true`` makes plain http an explicit choice
+(for both the worker and ``put``): whoever reads the traffic then reads the tokens and the data keys.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Literal, cast
 
 from gtc_secrets import constants as c
 from gtc_secrets.refs import Scope, check_scope_segment
+from gtc_secrets.vault import vault_base_url
 
 Backend = Literal["vault", "dev-store"]
 # Mount points and the KV prefix go into URL paths: a conservative grammar, no "." or ".." segments.
@@ -39,6 +43,11 @@ class VaultWorkerSettings:
     kv_prefix: str = c.DEFAULT_KV_PREFIX
     transit_mount: str = c.DEFAULT_TRANSIT_MOUNT
     ca_cert: Path | None = None
+
+    @property
+    def plain_http(self) -> bool:
+        """VAULT_ADDR is http:// (accepted only with GREENTIC_VAULT_INSECURE_HTTP=true)."""
+        return is_plain_http(self.addr)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,10 @@ class AdminSettings:
     kv_prefix: str = c.DEFAULT_KV_PREFIX
     transit_mount: str = c.DEFAULT_TRANSIT_MOUNT
 
+    @property
+    def plain_http(self) -> bool:
+        return is_plain_http(self.addr)
+
     def __repr__(self) -> str:  # the token is a credential: keep it out of reprs
         return f"AdminSettings(addr={self.addr!r}, token=<redacted>, kv_mount={self.kv_mount!r})"
 
@@ -85,11 +98,11 @@ class AdminSettings:
         token = _optional(environ, c.ENV_VAULT_TOKEN)
         if token is None:
             raise SettingsError(f"{c.ENV_VAULT_TOKEN} is not set (put needs an operator token)")
-        ca = _optional(environ, c.ENV_VAULT_CACERT)
+        addr, ca_cert = parse_vault_endpoint(environ)
         return cls(
-            addr=parse_addr(environ.get(c.ENV_VAULT_ADDR)),
+            addr=addr,
             token=token,
-            ca_cert=Path(ca) if ca else None,
+            ca_cert=ca_cert,
             kv_mount=_mount(environ, c.ENV_VAULT_KV_MOUNT, c.DEFAULT_KV_MOUNT),
             kv_prefix=_mount(environ, c.ENV_VAULT_KV_PREFIX, c.DEFAULT_KV_PREFIX),
             transit_mount=_mount(environ, c.ENV_VAULT_TRANSIT_MOUNT, c.DEFAULT_TRANSIT_MOUNT),
@@ -135,13 +148,67 @@ def parse_scope(environ: Mapping[str, str]) -> Scope:
     )
 
 
-def parse_addr(value: str | None) -> str:
+def parse_insecure_http(value: str | None) -> bool:
+    """GREENTIC_VAULT_INSECURE_HTTP: exactly ``true`` or ``false`` (unset or empty: false); else refused."""
+    if value is None or value in ("", "false"):
+        return False
+    if value == "true":
+        return True
+    raise SettingsError(
+        f"{c.ENV_VAULT_INSECURE_HTTP}={value!r} must be true or false (exactly); refusing to start"
+    )
+
+
+def is_plain_http(addr: str) -> bool:
+    return addr.startswith("http://")
+
+
+def parse_addr(value: str | None, *, insecure_http: bool = False) -> str:
+    """VAULT_ADDR: an https:// URL, or http:// when ``insecure_http`` (GREENTIC_VAULT_INSECURE_HTTP=true)."""
     if not value:
         raise SettingsError(f"{c.ENV_VAULT_ADDR} is not set")
-    # The worker sends its ServiceAccount token to this address: never over plain HTTP.
-    if not value.startswith("https://") or len(value) <= len("https://"):
-        raise SettingsError(f"{c.ENV_VAULT_ADDR}={value!r} must be an https:// URL")
+    plain = is_plain_http(value)
+    # The worker sends its ServiceAccount token to this address, and Vault answers with data keys.
+    if plain and not insecure_http:
+        raise SettingsError(
+            f"{c.ENV_VAULT_ADDR}={value!r} must be an https:// URL: over plain http the ServiceAccount token "
+            f"and the data keys travel unencrypted. Give Vault TLS, or set {c.ENV_VAULT_INSECURE_HTTP}=true "
+            "where that is an accepted risk (traffic inside a service mesh's mTLS, a local trial)"
+        )
+    try:
+        vault_base_url(value, tls=not plain)
+    except ValueError as exc:
+        hint = f" (http:// only with {c.ENV_VAULT_INSECURE_HTTP}=true)" if not insecure_http else ""
+        raise SettingsError(f"{c.ENV_VAULT_ADDR}={value!r}: {exc}{hint}") from None
     return value.rstrip("/")
+
+
+def parse_vault_endpoint(environ: Mapping[str, str]) -> tuple[str, Path | None]:
+    """VAULT_ADDR (checked against GREENTIC_VAULT_INSECURE_HTTP), and VAULT_CACERT (refused with http)."""
+    addr = parse_addr(
+        environ.get(c.ENV_VAULT_ADDR),
+        insecure_http=parse_insecure_http(environ.get(c.ENV_VAULT_INSECURE_HTTP)),
+    )
+    ca = _optional(environ, c.ENV_VAULT_CACERT)
+    if ca and is_plain_http(addr):
+        # A CA bundle next to a plain-http address means someone expected TLS: refuse rather than guess.
+        raise SettingsError(
+            f"{c.ENV_VAULT_CACERT} is set but {c.ENV_VAULT_ADDR}={addr!r} is plain http: nothing would be "
+            f"verified. Use an https:// address, or unset {c.ENV_VAULT_CACERT}"
+        )
+    return addr, Path(ca) if ca else None
+
+
+WORKER_TRAFFIC = "the ServiceAccount token, the Vault token and the unwrapped data keys"
+OPERATOR_TRAFFIC = "the operator's VAULT_TOKEN and the new data key"
+
+
+def plain_http_warning(addr: str, traffic: str = WORKER_TRAFFIC) -> str:
+    """What every boot (and ``put``) logs as a WARNING when VAULT_ADDR is plain http: the address only."""
+    return (
+        f"{c.ENV_VAULT_ADDR} {addr} is plain http ({c.ENV_VAULT_INSECURE_HTTP}=true): "
+        f"{traffic} travel unencrypted to it"
+    )
 
 
 def _mount(environ: Mapping[str, str], name: str, default: str) -> str:
@@ -164,14 +231,14 @@ def parse_boot_timeout(value: str | None) -> float:
 
 
 def parse_vault_worker(environ: Mapping[str, str], scope: Scope) -> VaultWorkerSettings:
-    ca = _optional(environ, c.ENV_VAULT_CACERT)
+    addr, ca_cert = parse_vault_endpoint(environ)
     return VaultWorkerSettings(
-        addr=parse_addr(environ.get(c.ENV_VAULT_ADDR)),
+        addr=addr,
         role=_optional(environ, c.ENV_VAULT_ROLE) or c.role_name(scope.env, scope.tenant),
         token_path=Path(_optional(environ, c.ENV_VAULT_TOKEN_PATH) or c.DEFAULT_TOKEN_PATH),
         k8s_mount=_mount(environ, c.ENV_VAULT_K8S_MOUNT, c.DEFAULT_K8S_MOUNT),
         kv_mount=_mount(environ, c.ENV_VAULT_KV_MOUNT, c.DEFAULT_KV_MOUNT),
         kv_prefix=_mount(environ, c.ENV_VAULT_KV_PREFIX, c.DEFAULT_KV_PREFIX),
         transit_mount=_mount(environ, c.ENV_VAULT_TRANSIT_MOUNT, c.DEFAULT_TRANSIT_MOUNT),
-        ca_cert=Path(ca) if ca else None,
+        ca_cert=ca_cert,
     )

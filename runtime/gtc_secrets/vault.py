@@ -1,7 +1,7 @@
 """A small async Vault client for the worker path: Kubernetes login, KV-v2 read, transit batch decrypt.
 
-Layers, like hvac's adapters: :class:`Transport` is the one seam that does HTTP (``PipelinedTransport``: a
-few keep-alive connections, TLS verified against ``VAULT_CACERT``, requests pipelined); :class:`WorkerVault`
+Layers, like hvac's adapters: :class:`Transport` is the one seam that does HTTP (``AiohttpTransport``:
+aiohttp's client with a small keep-alive pool, TLS verified against ``VAULT_CACERT``); :class:`WorkerVault`
 builds paths and payloads and keeps the Vault token fresh; :func:`error_for_status` maps HTTP status to
 exceptions. Errors carry the method and path (and Vault's own short error text), never request or
 response payloads. There is no write or delete path: the worker is read-only.
@@ -20,13 +20,14 @@ import math
 import re
 import ssl
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import aiohttp
 import orjson
+import yarl
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ MAX_REFRESH_MARGIN_SECONDS = 60.0
 MIN_REFRESH_MARGIN_SECONDS = 1.0
 REFRESH_MARGIN_FRACTION = 0.2
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 10.0
-# Connections per transport: Vault serves each connection's pipelined requests in order, one goroutine per
-# connection, so this is how many requests it works on at once. Each costs one TLS handshake, made while the
-# login is in flight. On the 2-core benchmark machine (client and Vault sharing it) 3 was fastest (2 and 4
-# about 2 ms slower in 50-reference boots); a bigger Vault elsewhere gains from 3 as much as it needs.
-DEFAULT_CONNECTIONS = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,123 +173,36 @@ def make_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
         ) from None
 
 
-# --- HTTP/1.1, pure: the request bytes and the response head. ---------------------------------------
+# --- The transport: aiohttp's client, kept to what the worker needs. -------------------------------
 #
-# The worker talks to exactly one server (VAULT_ADDR) in a fixed, small dialect: JSON requests, JSON
-# responses, no redirects, no proxies, no cookies, no compression. A general HTTP client costs more CPU per
-# request than Vault itself spends on a KV read (aiohttp: about 0.3 ms per request on the benchmark machine)
-# and cannot pipeline, so the worker speaks that dialect itself, strictly: anything unexpected in a response
-# is a protocol error and the connection is dropped.
+# The worker talks to exactly one server (VAULT_ADDR): JSON requests, JSON responses. Everything a general
+# HTTP client would do on its own that could send the ServiceAccount token elsewhere or make the worker
+# hold more than it needs is switched off: redirects, proxies from the environment, cookies, compression.
 
-_TARGET = re.compile(r"[A-Za-z0-9._~/-]+")
+# Paths are built from checked settings and references; this grammar keeps anything else (a space, a
+# query, a percent-escape) from reaching a URL, so yarl never has to quote or normalise what we send.
+_PATH = re.compile(r"[A-Za-z0-9._~/-]+")
 # A Vault token goes into a header: printable ASCII without spaces, so it can never break the request.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e]+")
-_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\r\n]*)?\r\n")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,8})(?:;[^\r\n]*)?\r\n")
-# Bounds on what the server can make the worker hold: a response head, and a body (a batch decrypt of
-# thousands of data keys is well under a megabyte).
-MAX_HEAD_BYTES = 64 * 1024
-MAX_HEADER_LINES = 100
+# A batch decrypt of thousands of data keys is well under a megabyte: anything bigger is refused unread.
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# Connections the pool keeps to Vault: how many requests Vault works on at once for this worker (HTTP/1.1,
+# one request per connection at a time). Each new one costs a TLS handshake on both sides. Resolving 50
+# references on the 2-core benchmark machine (client, Vault and the delay proxy sharing it), 6 was the
+# fastest through the delay proxy (3 to 5: more round trips in sequence; 7 and more: more handshakes and
+# more for the 2 cores to do), and on loopback 4 to 8 were within noise of each other.
+DEFAULT_CONNECTIONS = 6
 
 
-class HTTPProtocolError(Exception):
-    """The server's bytes are not the HTTP/1.1 this client accepts. The message never quotes them."""
-
-
-@dataclass(frozen=True)
-class VaultAddress:
-    """Where VAULT_ADDR points: host and port to connect to, the Host header, and a path prefix."""
-
-    host: str
-    port: int
-    authority: str
-    base_path: str
-
-    @classmethod
-    def parse(cls, addr: str) -> VaultAddress:
-        parts = urllib.parse.urlsplit(addr)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError("VAULT_ADDR must be an https:// URL with a host")
-        if parts.username is not None or parts.query or parts.fragment:
-            raise ValueError("VAULT_ADDR must not carry credentials, a query or a fragment")
-        port = parts.port or 443
-        host = parts.hostname
-        authority = f"[{host}]" if ":" in host else host
-        return cls(host, port, f"{authority}:{port}", parts.path.rstrip("/"))
-
-
-def encode_request(
-    method: Method, target: str, authority: str, *, token: str | None = None, body: bytes | None = None
-) -> bytes:
-    """The bytes of one HTTP/1.1 request (pure). Target and token are checked, so no input can add a
-    header or a second request."""
-    if not _TARGET.fullmatch(target) or not target.startswith("/"):
-        raise ValueError("request target outside the Vault path grammar")
-    head = f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\nX-Vault-Request: true\r\n"
-    if token is not None:
-        if not _HEADER_VALUE.fullmatch(token):
-            raise ValueError("the Vault token is not a printable header value")
-        head += f"X-Vault-Token: {token}\r\n"
-    if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    return (head + "\r\n").encode("ascii") + (body or b"")
-
-
-@dataclass(frozen=True)
-class ResponseHead:
-    status: int
-    # None: no body (1xx/204/304) or a body delimited by the end of the connection (length unknown).
-    content_length: int | None
-    chunked: bool
-    keep_alive: bool
-    until_close: bool = False
-
-
-def parse_response_head(status_line: bytes, header_lines: Sequence[bytes]) -> ResponseHead:
-    """Status line and header lines (each ending in CRLF) of a response, checked strictly (pure)."""
-    match = _STATUS_LINE.fullmatch(status_line)
-    if match is None:
-        raise HTTPProtocolError("malformed status line")
-    minor, status = match.group(1), int(match.group(2))
-    lengths: set[bytes] = set()
-    transfer_encodings: list[bytes] = []
-    connection: list[bytes] = []
-    for line in header_lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not _FIELD_NAME.fullmatch(name) or not line.endswith(b"\r\n"):
-            raise HTTPProtocolError("malformed header line")
-        value = value.strip(b" \t\r\n")
-        lowered = name.lower()
-        if lowered == b"content-length":
-            lengths.add(value)
-        elif lowered == b"transfer-encoding":
-            transfer_encodings.append(value.lower())
-        elif lowered == b"connection":
-            connection += [token.strip().lower() for token in value.split(b",")]
-    keep_alive = minor == b"1" and b"close" not in connection
-    if status < 200 or status in (204, 304):
-        return ResponseHead(status, None, chunked=False, keep_alive=keep_alive)
-    if transfer_encodings:
-        # Both framings at once is how responses are smuggled; the server never sends anything but chunked.
-        if lengths or transfer_encodings != [b"chunked"]:
-            raise HTTPProtocolError("unsupported transfer encoding")
-        return ResponseHead(status, None, chunked=True, keep_alive=keep_alive)
-    if not lengths:
-        return ResponseHead(status, None, chunked=False, keep_alive=False, until_close=True)
-    length = next(iter(lengths)) if len(lengths) == 1 else b""  # differing lengths: refused below
-    if not length.isdigit() or len(length) > 12 or int(length) > MAX_BODY_BYTES:
-        raise HTTPProtocolError("bad or too large Content-Length")
-    return ResponseHead(status, int(length), chunked=False, keep_alive=keep_alive)
-
-
-def parse_chunk_size(line: bytes) -> int:
-    """The size of the next chunk from its size line (extensions ignored) (pure)."""
-    match = _CHUNK_SIZE.fullmatch(line)
-    if match is None:
-        raise HTTPProtocolError("malformed chunk size")
-    return int(match.group(1), 16)
+def vault_base_url(addr: str, *, tls: bool) -> yarl.URL:
+    """VAULT_ADDR as a base URL: https (``tls``) or http, a host, an optional path prefix, nothing else."""
+    url = yarl.URL(addr)
+    scheme = "https" if tls else "http"
+    if url.scheme != scheme or not url.host:
+        raise ValueError(f"VAULT_ADDR must be an {scheme}:// URL with a host")
+    if url.user is not None or url.password is not None or url.query_string or url.fragment:
+        raise ValueError("VAULT_ADDR must not carry credentials, a query or a fragment")
+    return url.with_path(url.path.rstrip("/"))
 
 
 def json_object(body: bytes) -> Mapping[str, Any]:
@@ -305,261 +214,135 @@ def json_object(body: bytes) -> Mapping[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-# --- HTTP/1.1, I/O: a pipelined connection, and the transport over a few of them. -------------------
+class _TooLarge(Exception):
+    pass
 
 
-class _NotAnswered(Exception):
-    """The connection ended before any byte of this request's response: safe to send again elsewhere."""
+class AiohttpTransport:
+    """HTTP to one Vault address with aiohttp's client: a keep-alive pool of ``connections`` connections.
 
+    TLS is verified against ``ssl_context`` (the CA of VAULT_CACERT, hostname checked); ``ssl_context=None``
+    is the explicit choice of plain http and needs an ``http://`` address (settings allow it only with
+    GREENTIC_VAULT_INSECURE_HTTP=true). Redirects are never followed (a 3xx comes back as a status, and
+    the token never goes to its Location), proxy variables are ignored, cookies are not kept, response
+    bodies are read up to ``max_body_bytes``. Every request the worker makes is safe to repeat (login,
+    reads, decrypt), so one that a keep-alive connection closed before answering is sent once more.
 
-async def _read_line(reader: asyncio.StreamReader) -> bytes:
-    try:
-        return await reader.readuntil(b"\r\n")
-    except asyncio.LimitOverrunError:
-        raise HTTPProtocolError("response head line too long") from None
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[ResponseHead, bytes]:
-    """One response (interim 1xx responses skipped) from ``reader``."""
-    while True:
-        try:
-            status_line = await reader.readuntil(b"\r\n")
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                raise HTTPProtocolError("connection closed inside the status line") from None
-            raise _NotAnswered("connection closed before the response") from None
-        except (ConnectionResetError, BrokenPipeError):
-            raise _NotAnswered("connection reset before the response") from None
-        except asyncio.LimitOverrunError:
-            raise HTTPProtocolError("response head line too long") from None
-        lines: list[bytes] = []
-        size = len(status_line)
-        while (line := await _read_line(reader)) != b"\r\n":
-            lines.append(line)
-            size += len(line)
-            if len(lines) > MAX_HEADER_LINES or size > MAX_HEAD_BYTES:
-                raise HTTPProtocolError("response head too large")
-        head = parse_response_head(status_line, lines)
-        if head.status >= 200:
-            break
-    if head.chunked:
-        chunks: list[bytes] = []
-        total = 0
-        while size := parse_chunk_size(await _read_line(reader)):
-            total += size
-            if total > MAX_BODY_BYTES:
-                raise HTTPProtocolError("response body too large")
-            chunks.append(await reader.readexactly(size))
-            if await reader.readexactly(2) != b"\r\n":
-                raise HTTPProtocolError("malformed chunk")
-        trailers = 0
-        while await _read_line(reader) != b"\r\n":
-            trailers += 1
-            if trailers > MAX_HEADER_LINES:
-                raise HTTPProtocolError("too many trailers")
-        return head, b"".join(chunks)
-    if head.content_length is not None:
-        return head, await reader.readexactly(head.content_length)
-    if head.until_close:
-        body = await reader.read(MAX_BODY_BYTES + 1)
-        while not reader.at_eof() and len(body) <= MAX_BODY_BYTES:
-            body += await reader.read(MAX_BODY_BYTES + 1 - len(body))
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPProtocolError("response body too large")
-        return head, body
-    return head, b""
-
-
-class _Connection:
-    """One keep-alive TLS connection with requests pipelined on it.
-
-    HTTP/1.1 answers requests on a connection in the order they were sent, so a request's bytes are queued
-    at once (every request queued in the same event-loop step leaves in one TLS write) and its response is
-    read when the one before it has been: each exchange waits for its predecessor's turn to end. An
-    exchange that fails or is cancelled half-way leaves the stream at an unknown position, so the
-    connection is dropped and the exchanges queued behind it fail with _NotAnswered.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._turn: asyncio.Future[None] | None = None
-        self._outgoing: list[bytes] = []
-        self._closing = False  # the server said Connection: close, or the stream broke
-
-    @property
-    def reusable(self) -> bool:
-        return not self._closing and not self._reader.at_eof() and not self._writer.is_closing()
-
-    def abort(self) -> None:
-        # No TLS close_notify exchange: the worker has nothing more to say, and a graceful close can wait
-        # for the peer far longer than the exchange took.
-        self._closing = True
-        self._writer.transport.abort()
-
-    def _flush(self) -> None:
-        data, self._outgoing = b"".join(self._outgoing), []
-        if not self._closing:
-            self._writer.write(data)
-
-    async def exchange(self, request: bytes) -> tuple[int, bytes]:
-        if not self.reusable:
-            raise _NotAnswered("connection closed")
-        previous, mine = self._turn, asyncio.get_running_loop().create_future()
-        self._turn = mine
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._outgoing.append(request)
-        try:
-            if previous is not None:
-                await asyncio.shield(previous)
-            if self._closing:
-                raise _NotAnswered("connection closed")
-            head, body = await _read_response(self._reader)
-            if not head.keep_alive:
-                self._closing = True
-            return head.status, body
-        except BaseException:
-            self.abort()
-            raise
-        finally:
-            mine.set_result(None)
-
-
-@dataclass
-class _Slot:
-    """A place for one connection: open, being opened, or neither; ``load`` counts exchanges given to it."""
-
-    connection: _Connection | None = None
-    opening: asyncio.Task[_Connection] | None = None
-    load: int = 0
-
-
-class _TLSFailed(Exception):
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        super().__init__(detail)
-
-
-class PipelinedTransport:
-    """HTTP/1.1 to one Vault address over a few keep-alive TLS connections, requests pipelined on each.
-
-    A booting worker logs in (one request, nothing else can go before it) and then reads every secret at
-    once: the other connections are opened while the login is in flight, and each read goes to the
-    connection with the fewest outstanding requests, so the reads are shared evenly and each connection
-    carries one write of many requests instead of one round trip per request. Every request the worker
-    makes is safe to repeat (login, reads, decrypt), so one that a closing connection left unanswered is sent
-    once more on a fresh connection. Redirects are never followed: a 3xx is returned like any status.
+    The aiohttp session is made on first use, inside the running event loop (as aiohttp requires).
     """
 
     def __init__(
         self,
         addr: str,
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | None,
         *,
         timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
         connections: int = DEFAULT_CONNECTIONS,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         if connections < 1:
             raise ValueError("a transport needs at least one connection")
-        self._address = VaultAddress.parse(addr)
+        self._base = vault_base_url(addr, tls=ssl_context is not None)
         self._ssl = ssl_context
         self._timeout = timeout
-        self._slots = [_Slot() for _ in range(connections)]
+        self._connections = connections
+        self._max_body = max_body_bytes
+        self._session: aiohttp.ClientSession | None = None
 
-    async def _open(self) -> _Connection:
-        try:
-            reader, writer = await asyncio.open_connection(
-                self._address.host,
-                self._address.port,
-                ssl=self._ssl,
-                server_hostname=self._address.host,
-                limit=MAX_HEAD_BYTES,
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # ssl=True (aiohttp's default) is never used: an http:// address has no TLS to set up.
+                connector=aiohttp.TCPConnector(
+                    ssl=self._ssl if self._ssl is not None else True, limit=self._connections
+                ),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"X-Vault-Request": "true"},
+                skip_auto_headers=("Accept-Encoding",),
+                auto_decompress=False,
             )
-        except ssl.SSLCertVerificationError as exc:
-            raise _TLSFailed(f"{type(exc).__name__}: {exc.verify_message}; check VAULT_CACERT") from None
-        except ssl.SSLError as exc:
-            raise _TLSFailed(f"{type(exc).__name__}; check VAULT_CACERT") from None
-        return _Connection(reader, writer)
+        return self._session
 
-    def _start_opening(self, slot: _Slot) -> asyncio.Task[_Connection]:
-        task = asyncio.get_running_loop().create_task(self._open())
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        if response.content_length is not None and response.content_length > self._max_body:
+            raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > self._max_body:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-        def opened(done: asyncio.Task[_Connection]) -> None:
-            if slot.opening is done:
-                slot.opening = None
-            # Retrieving the exception here also keeps a warm-up that nobody waited for from being
-            # reported as "never retrieved"; whoever needs the slot next opens it again.
-            if not done.cancelled() and done.exception() is None:
-                slot.connection = done.result()
-
-        task.add_done_callback(opened)
-        slot.opening = task
-        return task
-
-    async def _connection(self, slot: _Slot) -> _Connection:
-        if slot.connection is not None and slot.connection.reusable:
-            return slot.connection
-        self._discard(slot)
-        task = slot.opening or self._start_opening(slot)
-        # Shielded: a request that gives up waiting must not cancel an opening that others wait for.
-        return await asyncio.shield(task)
-
-    def _warm_up(self) -> None:
-        for slot in self._slots:
-            if slot.opening is None and (slot.connection is None or not slot.connection.reusable):
-                self._discard(slot)
-                self._start_opening(slot)
-
-    @staticmethod
-    def _discard(slot: _Slot) -> None:
-        if slot.connection is not None:
-            slot.connection.abort()
-            slot.connection = None
-
-    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
-        for attempt in (1, 2):
-            slot = min(self._slots, key=lambda s: s.load)  # the first of the least loaded
-            slot.load += 1
+    async def _exchange(
+        self, method: Method, url: yarl.URL, headers: Mapping[str, str], body: bytes | None
+    ) -> tuple[int, bytes]:
+        async with self._client().request(
+            method, url, data=body, headers=headers, allow_redirects=False
+        ) as response:
             try:
-                if attempt == 1:
-                    self._warm_up()
-                return await (await self._connection(slot)).exchange(request)
-            except _NotAnswered:
-                if attempt == 2:
-                    raise
-            finally:
-                slot.load -= 1
-        raise AssertionError("unreachable")
+                return response.status, await self._read_body(response)
+            except _TooLarge:
+                response.close()  # the rest of the body is never read: the connection is not reused
+                raise
 
     async def request(
         self, method: Method, path: str, *, token: str | None = None, payload: Mapping[str, Any] | None = None
     ) -> Response:
+        if not _PATH.fullmatch(path) or path.startswith("/"):
+            raise ValueError("request path outside the Vault path grammar")
+        if token is not None and not _HEADER_VALUE.fullmatch(token):
+            raise ValueError("the Vault token is not a printable header value")
+        url = self._base.with_path(f"{self._base.path.rstrip('/')}/v1/{path}", encoded=True)
+        headers = {"X-Vault-Token": token} if token is not None else {}
         body = orjson.dumps(payload) if payload is not None else None
-        target = f"{self._address.base_path}/v1/{path}"
-        request = encode_request(method, target, self._address.authority, token=token, body=body)
-        try:
-            async with asyncio.timeout(self._timeout):
-                status, raw = await self._exchange(request)
-        except _TLSFailed as exc:
-            raise VaultTLSError(method, path, None, exc.detail) from None
-        except TimeoutError:
-            raise VaultUnavailable(method, path, None, "timed out") from None
-        except (_NotAnswered, HTTPProtocolError) as exc:
-            raise VaultUnavailable(method, path, None, str(exc)) from None
-        except asyncio.IncompleteReadError:
-            raise VaultUnavailable(method, path, None, "connection closed inside the response") from None
-        except OSError as exc:
-            raise VaultUnavailable(method, path, None, f"{type(exc).__name__}: {exc}") from None
-        return Response(status, json_object(raw))
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        # aiohttp's messages can quote what the server sent: only exception types go into ours.
+        for attempt in (1, 2):
+            try:
+                status, raw = await self._exchange(method, url, headers, body)
+            except aiohttp.ServerDisconnectedError:
+                if attempt == 2:
+                    raise VaultUnavailable(
+                        method, path, None, "connection closed before the response"
+                    ) from None
+                continue
+            except aiohttp.ClientConnectorCertificateError as exc:
+                cert_error = exc.certificate_error
+                reason = getattr(cert_error, "verify_message", "") or type(cert_error).__name__
+                raise VaultTLSError(
+                    method, path, None, f"{type(cert_error).__name__}: {reason}; check VAULT_CACERT"
+                ) from None
+            except aiohttp.ClientSSLError as exc:
+                # Raised while connecting (handshake, certificate); a TLS error later in a connection's
+                # life (Vault restarting) is an OSError below, and retried.
+                raise VaultTLSError(method, path, None, f"{type(exc).__name__}; check VAULT_CACERT") from None
+            except aiohttp.ClientConnectorError as exc:
+                raise VaultUnavailable(
+                    method,
+                    path,
+                    None,
+                    f"{type(exc.os_error).__name__}: {exc.os_error.strerror or 'cannot connect'}",
+                ) from None
+            except TimeoutError:
+                raise VaultUnavailable(method, path, None, "timed out") from None
+            except _TooLarge:
+                raise UnexpectedResponse(
+                    method, path, None, f"response body larger than {self._max_body} bytes, refused"
+                ) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                # A malformed or truncated response, a reset connection: Vault may be restarting.
+                raise VaultUnavailable(method, path, None, type(exc).__name__) from None
+            return Response(status, json_object(raw))
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        openings = [slot.opening for slot in self._slots if slot.opening is not None]
-        for task in openings:
-            task.cancel()
-        await asyncio.gather(*openings, return_exceptions=True)
-        for slot in self._slots:
-            self._discard(slot)
+        if self._session is not None:
+            await self._session.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Fixtures of the integration tests: a real OpenBao server, a TokenReview stand-in, a bootstrapped Vault.
 
 - ``openbao``: ``bao server -dev`` on 127.0.0.1 with real TLS, a file audit device and a known root
-  token (module-scoped: one server per test module; it keeps its data across ``stop``/``start``/
+  token (module-scoped: one server per test module, with a plain-http listener too in a module that sets
+  ``OPENBAO_PLAIN_HTTP = True``; it keeps its data across ``stop``/``start``/
   ``restart``/``seal``/``unseal``, and a test that stops or seals it must bring it back in ``finally``).
 - ``token_reviewer``: an HTTPS endpoint that STANDS IN FOR THE KUBERNETES API SERVER's TokenReview API and
   nothing else (there is no Kubernetes here); it really verifies the ServiceAccount JWTs it is asked about.
@@ -199,8 +200,10 @@ def run_bootstrap(argv: list[str], environ: dict[str, str]) -> tuple[int, str, s
 
 
 @pytest.fixture(scope="module")
-def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
-    server = OpenBaoServer(tmp_path_factory.mktemp("openbao"))
+def openbao(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
+    # A module that sets OPENBAO_PLAIN_HTTP = True gets a plain-http listener too (server.http_addr).
+    plain_http = bool(getattr(request.module, "OPENBAO_PLAIN_HTTP", False))
+    server = OpenBaoServer(tmp_path_factory.mktemp("openbao"), plain_http=plain_http)
     handle: OpenBao | None = None
     try:
         server.start()

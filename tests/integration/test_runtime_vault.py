@@ -1,5 +1,8 @@
 """The worker runtime against a real OpenBao (real TLS, real Kubernetes auth, KV-v2, transit).
 
+The module's OpenBao also serves plain http on a second listener (OPENBAO_PLAIN_HTTP), for the worker that
+is allowed to use it (GREENTIC_VAULT_INSECURE_HTTP=true).
+
 Vault's Kubernetes auth calls a TokenReview endpoint that STANDS IN FOR THE KUBERNETES API SERVER (there
 is no Kubernetes here); it really verifies the ServiceAccount JWTs the worker logs in with. The fixtures
 (tests/integration/conftest.py) bootstrap env ``prod`` for tenants ``acme`` (namespace acme-prod) and
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
+import subprocess
 import sys
 import threading
 import time
@@ -32,19 +37,21 @@ from gtc_secrets.seed import HvacAdminVault, put_secret
 from gtc_secrets.settings import AdminSettings, RuntimeSettings, VaultWorkerSettings
 from gtc_secrets.vault import (
     DEFAULT_CONNECTIONS,
+    AiohttpTransport,
     Forbidden,
     Method,
-    PipelinedTransport,
     Response,
     VaultPaths,
     WorkerVault,
     make_ssl_context,
 )
 from tests.integration.conftest import Bootstrapped
+from tests.integration.test_exec import GTC_SECRETS, base_environ, run_exec
 
 pytestmark = pytest.mark.integration
 
 CANARY = "canary-int-4e8b1d-never-print-me"
+OPENBAO_PLAIN_HTTP = True  # the conftest's openbao fixture adds a plain-http listener for this module
 PATHS = VaultPaths(k8s_mount="kubernetes", kv_mount="secret", kv_prefix="greentic", transit_mount="transit")
 
 
@@ -86,7 +93,7 @@ async def resolve(environ: Mapping[str, str], refs: list[SecretRef]) -> dict[Sec
 class Recording:
     """A spy at the Transport seam around the real transport: (method, path, status, token)."""
 
-    def __init__(self, inner: PipelinedTransport) -> None:
+    def __init__(self, inner: AiohttpTransport) -> None:
         self.inner = inner
         self.log: list[tuple[str, str, int, str | None]] = []
 
@@ -105,7 +112,7 @@ def worker_client(
     bootstrapped: Bootstrapped, token_file: Path, *, role: str = "gtc-prod-acme", **kw: Any
 ) -> tuple[WorkerVault, Recording]:
     transport = Recording(
-        PipelinedTransport(bootstrapped.openbao.addr, make_ssl_context(Path(bootstrapped.openbao.ca_file)))
+        AiohttpTransport(bootstrapped.openbao.addr, make_ssl_context(Path(bootstrapped.openbao.ca_file)))
     )
     return WorkerVault(transport, PATHS, role=role, token_path=token_file, **kw), transport
 
@@ -187,11 +194,11 @@ async def test_many_references_one_login_one_batch_decrypt(bootstrapped: Bootstr
     assert [p for _, p in requests if p.startswith("transit/")] == ["transit/decrypt/gtc-prod-acme"]
 
 
-async def test_many_references_share_a_few_pipelined_connections(bootstrapped: Bootstrapped) -> None:
+async def test_many_references_share_a_bounded_connection_pool(bootstrapped: Bootstrapped) -> None:
     """40 references, as a booting worker resolves them: all values right, and every request came over at
     most DEFAULT_CONNECTIONS TCP connections (the client ports in Vault's audit log), the reads spread over
-    more than one of them (pipelined: 40 reads, a handful of connections)."""
-    since = await seed_and_resolve(bootstrapped, [acme(f"pipelined{i:02d}") for i in range(40)], CANARY)
+    more than one of them (concurrent: 40 reads, a handful of kept-alive connections)."""
+    since = await seed_and_resolve(bootstrapped, [acme(f"pooled{i:02d}") for i in range(40)], CANARY)
     ports: dict[str, set[int]] = {"login": set(), "kv": set(), "transit": set()}
     for entry in bootstrapped.openbao.audit_entries()[since:]:
         request = entry.get("request", {})
@@ -571,7 +578,8 @@ async def test_sealed_at_boot_then_unsealed_resolves(bootstrapped: Bootstrapped)
 async def test_canary_never_in_logs_exceptions_or_cli_errors(
     bootstrapped: Bootstrapped, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Success, plaintext entry, copied envelope, forbidden path, via the API and the CLI, at DEBUG."""
+    """Success, plaintext entry, copied envelope, forbidden path, via the API and the CLI, at DEBUG (the
+    runtime's HTTP client, aiohttp, logging too)."""
     caplog.set_level(logging.DEBUG)
     ok, raw, copy = acme("canary_ok"), acme("canary_raw"), acme("canary_copy")
     seed(bootstrapped, ok, CANARY)
@@ -609,3 +617,84 @@ async def test_canary_never_in_logs_exceptions_or_cli_errors(
     assert caplog.records
     for text in [*messages, caplog.text, out, err, bootstrapped.openbao.log_file.read_text()]:
         assert CANARY not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain-http Vault: only with GREENTIC_VAULT_INSECURE_HTTP=true, announced at every boot.
+# ---------------------------------------------------------------------------------------------
+
+
+def plain_http_environ(bootstrapped: Bootstrapped, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A worker pod's environment as the webhook injects it for an environment with vault.insecureHttp."""
+    environ = {
+        **base_environ(tmp_path),
+        **worker_environ(bootstrapped, bootstrapped.worker_token("acme-prod"), **extra),
+        "VAULT_ADDR": bootstrapped.openbao.server.http_addr,
+        "GREENTIC_VAULT_INSECURE_HTTP": "true",
+    }
+    del environ["VAULT_CACERT"]
+    return environ
+
+
+def test_a_worker_boots_against_plain_http_vault_with_the_flag(
+    bootstrapped: Bootstrapped, tmp_path: Path
+) -> None:
+    """`gtc-secrets exec` and `get` (the console script) against OpenBao's plain-http listener: the value
+    reaches the child, every boot warns that the token travels unencrypted (naming the address only), and
+    the value is never printed."""
+    ref = acme("plain_http")
+    seed(bootstrapped, ref, CANARY)
+    environ = plain_http_environ(bootstrapped, tmp_path, OPENAI_API_KEY="secret://llm/plain_http")
+    since = len(bootstrapped.openbao.audit_entries())
+    dump = tmp_path / "child.json"
+
+    first = run_exec(environ, dump)
+    second = run_exec(environ, tmp_path / "again.json")
+    got = subprocess.run(
+        [str(GTC_SECRETS), "get", "secret://llm/plain_http"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert (first.returncode, second.returncode, got.returncode) == (0, 0, 0), first.stderr + got.stderr
+    assert json.loads(dump.read_text())["env"]["OPENAI_API_KEY"] == CANARY
+    assert got.stdout == CANARY
+    warning = (
+        f"WARNING gtc_secrets.backends: VAULT_ADDR {bootstrapped.openbao.server.http_addr} is plain http "
+        "(GREENTIC_VAULT_INSECURE_HTTP=true): the ServiceAccount token"
+    )
+    for result in (first, second, got):
+        assert result.stderr.count(warning) == 1, result.stderr
+        assert CANARY not in result.stderr
+    assert CANARY not in first.stdout + second.stdout
+    logins = audit_requests(bootstrapped, since=since, namespace="acme-prod")
+    assert [p for _, p in logins].count("auth/kubernetes/login") == 3
+
+
+@pytest.mark.parametrize("flag", [None, "false", "yes"])
+def test_plain_http_without_the_flag_is_refused_before_any_io(
+    bootstrapped: Bootstrapped, tmp_path: Path, flag: str | None
+) -> None:
+    """The same worker without GREENTIC_VAULT_INSECURE_HTTP=true (unset, false, or not a boolean): exit 3
+    naming the variable, the child never runs, and Vault and the TokenReview stand-in saw nothing."""
+    ref = acme("plain_http_refused")
+    seed(bootstrapped, ref, CANARY)
+    environ = plain_http_environ(bootstrapped, tmp_path, A="secret://llm/plain_http_refused")
+    if flag is None:
+        del environ["GREENTIC_VAULT_INSECURE_HTTP"]
+    else:
+        environ["GREENTIC_VAULT_INSECURE_HTTP"] = flag
+    since, reviews = len(bootstrapped.openbao.audit_entries()), bootstrapped.reviewer.reviews
+    dump = tmp_path / "child.json"
+
+    result = run_exec(environ, dump)
+
+    assert result.returncode == 3, result.stderr
+    assert "GREENTIC_VAULT_INSECURE_HTTP" in result.stderr
+    assert not dump.exists()
+    assert bootstrapped.openbao.audit_entries()[since:] == []
+    assert bootstrapped.reviewer.reviews == reviews
+    assert CANARY not in result.stdout + result.stderr

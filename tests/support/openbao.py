@@ -17,6 +17,8 @@ How the server runs, and why:
   runtime must never find an ambient token, and tests must not leave one behind.
 - Its stdout/stderr go to ``openbao.log`` in the temp dir; a start that fails raises with the log's tail
   (unseal key and root token redacted).
+- ``plain_http=True`` adds a second listener without TLS (``http_addr``), as the official Helm chart serves
+  Vault when no TLS is configured; the TLS listener stays, so the admin tooling keeps its https address.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from tests.support.processes import stop_process
 LOOPBACK = "127.0.0.1"
 CONFIG_FILE = "openbao.hcl"
 LISTENER_FILE = "listener.hcl"
+HTTP_LISTENER_FILE = "http-listener.hcl"
 LOG_FILE = "openbao.log"
 AUDIT_FILE = "audit.log"
 DEV_TLS_DIR = "dev-tls"
@@ -139,6 +142,17 @@ def render_listener(*, api_port: int, cert_file: Path, key_file: Path) -> str:
     )
 
 
+def render_http_listener(*, http_port: int) -> str:
+    """A plain-http listener (every start); its cluster address is the port + 1, as for the first."""
+    return (
+        f'listener "tcp" {{\n'
+        f'  address         = "{LOOPBACK}:{http_port}"\n'
+        f'  cluster_address = "{LOOPBACK}:{http_port + 1}"\n'
+        f"  tls_disable     = true\n"
+        f"}}\n"
+    )
+
+
 def parse_audit_log(text: str) -> list[dict[str, Any]]:
     """One dict per JSON line of a file audit device (blank lines skipped)."""
     entries: list[dict[str, Any]] = []
@@ -158,13 +172,23 @@ def redact_log(text: str) -> str:
 class OpenBaoServer:
     """One OpenBao server process in ``workdir``; start/stop/restart/seal/unseal keep its data."""
 
-    def __init__(self, workdir: Path, *, root_token: str | None = None, bao: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        root_token: str | None = None,
+        bao: str | None = None,
+        plain_http: bool = False,
+    ) -> None:
         self.workdir = workdir
         self.root_token = root_token or f"gtc-test-root-{secrets.token_hex(12)}"
         self.bao = bao or find_bao()
+        self.plain_http = plain_http
         self.port = 0
+        self.http_port = 0
         self.config_file = workdir / CONFIG_FILE
         self.listener_file = workdir / LISTENER_FILE
+        self.http_listener_file = workdir / HTTP_LISTENER_FILE
         self.log_file = workdir / LOG_FILE
         self.audit_log = workdir / AUDIT_FILE
         self.data_dir = workdir / "raft"
@@ -182,6 +206,13 @@ class OpenBaoServer:
         if not self.port:
             raise OpenBaoError("the server has not been started yet")
         return f"https://{LOOPBACK}:{self.port}"
+
+    @property
+    def http_addr(self) -> str:
+        """The plain-http listener's address (``plain_http=True`` only)."""
+        if not self.http_port:
+            raise OpenBaoError("the server has no plain-http listener (plain_http=False) or was not started")
+        return f"http://{LOOPBACK}:{self.http_port}"
 
     @property
     def initialized(self) -> bool:
@@ -210,6 +241,9 @@ class OpenBaoServer:
             return
         for attempt in range(3):
             self.port = free_port_pair()
+            self.http_port = 0
+            while self.plain_http and self.http_port in (0, self.port - 1, self.port, self.port + 1):
+                self.http_port = free_port_pair()
             self._write_config()
             self._spawn(self._dev_command())
             try:
@@ -294,6 +328,13 @@ class OpenBaoServer:
             render_config(data_dir=self.data_dir, audit_log=self.audit_log, api_port=self.port),
             encoding="utf-8",
         )
+        if self.plain_http:
+            self.http_listener_file.write_text(
+                render_http_listener(http_port=self.http_port), encoding="utf-8"
+            )
+
+    def _extra_configs(self) -> list[str]:
+        return [f"-config={self.http_listener_file}"] if self.plain_http else []
 
     def _dev_command(self) -> list[str]:
         return [
@@ -306,6 +347,7 @@ class OpenBaoServer:
             f"-dev-root-token-id={self.root_token}",
             "-dev-no-store-token",
             f"-config={self.config_file}",
+            *self._extra_configs(),
         ]
 
     def _restart_command(self) -> list[str]:
@@ -317,7 +359,13 @@ class OpenBaoServer:
             ),
             encoding="utf-8",
         )
-        return [self.bao, "server", f"-config={self.config_file}", f"-config={self.listener_file}"]
+        return [
+            self.bao,
+            "server",
+            f"-config={self.config_file}",
+            f"-config={self.listener_file}",
+            *self._extra_configs(),
+        ]
 
     def _environment(self) -> dict[str, str]:
         # No VAULT_*/BAO_* from the developer's shell may change how the server starts.

@@ -389,6 +389,30 @@ def test_put_from_stdin_writes_only_an_envelope(
     assert CANARY not in out + err
 
 
+@pytest.mark.usefixtures("restore_root_logging")
+def test_put_to_a_plain_http_vault_needs_the_flag_and_warns(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """put against http:// refuses without GREENTIC_VAULT_INSECURE_HTTP=true (exit 3, nothing sent); with
+    it, it stores the envelope and warns that VAULT_TOKEN travels unencrypted (address only)."""
+    admin = FakeAdmin(FakeVault())
+    argv = ["put", "secret://prod/acme/core/llm/k"]
+    plain = {**ADMIN_ENV, "VAULT_ADDR": "http://vault:8200"}
+    assert cli.main(argv, plain, admin_factory=lambda _: admin) == 3
+    assert admin.calls == []
+    assert "GREENTIC_VAULT_INSECURE_HTTP=true" in capfd.readouterr().err
+    stdin(monkeypatch, CANARY.encode())
+    flagged = {**plain, "GREENTIC_VAULT_INSECURE_HTTP": "true"}
+    assert cli.main(argv, flagged, admin_factory=lambda _: admin) == 0
+    assert [kind for kind, _ in admin.calls] == ["datakey", "write"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "VAULT_ADDR http://vault:8200 is plain http (GREENTIC_VAULT_INSECURE_HTTP=true): "
+        "the operator's VAULT_TOKEN and the new data key travel unencrypted to it"
+    ]
+    assert CANARY not in capfd.readouterr().err + caplog.text
+
+
 async def test_put_then_the_worker_resolves_it(tmp_path: Path) -> None:
     """Round trip over the fake Vault: what put stores, the worker's resolver opens."""
     vault = FakeVault()

@@ -158,3 +158,95 @@ def test_admin_settings_need_a_token_and_hide_it() -> None:
     assert admin.ca_cert == Path("/ca.pem")
     assert "tok-canary" not in repr(admin)
     assert (admin.kv_mount, admin.kv_prefix, admin.transit_mount) == ("secret", "greentic", "transit")
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain-http Vault: only by explicit choice (GREENTIC_VAULT_INSECURE_HTTP=true).
+# ---------------------------------------------------------------------------------------------
+
+PLAIN = {**VAULT, "VAULT_ADDR": "http://vault.vault.svc:8200"}
+
+
+@pytest.mark.parametrize("flag", [None, "", "false"])
+def test_plain_http_is_refused_without_the_flag_naming_what_to_set(flag: str | None) -> None:
+    """http:// without GREENTIC_VAULT_INSECURE_HTTP=true: refused at start, naming the address, the
+    variable to set and why (for the worker and for put alike)."""
+    env = PLAIN if flag is None else {**PLAIN, "GREENTIC_VAULT_INSECURE_HTTP": flag}
+    for read in (RuntimeSettings.from_environ, AdminSettings.from_environ):
+        with pytest.raises(SettingsError) as info:
+            read({**env, "VAULT_TOKEN": "t"})
+        message = str(info.value)
+        assert "VAULT_ADDR='http://vault.vault.svc:8200'" in message
+        assert "GREENTIC_VAULT_INSECURE_HTTP=true" in message
+        assert "unencrypted" in message
+
+
+def test_plain_http_with_the_flag_is_accepted() -> None:
+    """With the flag the worker's and put's settings take the http:// address, marked plain_http."""
+    env = {**PLAIN, "GREENTIC_VAULT_INSECURE_HTTP": "true"}
+    settings = RuntimeSettings.from_environ(env)
+    assert settings.vault is not None
+    assert (settings.vault.addr, settings.vault.plain_http, settings.vault.ca_cert) == (
+        "http://vault.vault.svc:8200",
+        True,
+        None,
+    )
+    admin = AdminSettings.from_environ({**env, "VAULT_TOKEN": "t"})
+    assert (admin.addr, admin.plain_http) == ("http://vault.vault.svc:8200", True)
+
+
+def test_the_flag_does_not_weaken_an_https_address() -> None:
+    """GREENTIC_VAULT_INSECURE_HTTP=true with an https:// address: TLS as usual, VAULT_CACERT kept."""
+    settings = RuntimeSettings.from_environ(
+        {**VAULT, "GREENTIC_VAULT_INSECURE_HTTP": "true", "VAULT_CACERT": "/etc/vault/ca.pem"}
+    )
+    assert settings.vault is not None
+    assert settings.vault.plain_http is False
+    assert settings.vault.ca_cert == Path("/etc/vault/ca.pem")
+
+
+@pytest.mark.parametrize("flag", ["True", "TRUE", "yes", "1", "on", " true", "true ", "fals\u0435"])
+def test_any_other_flag_value_fails_closed(flag: str) -> None:
+    """Only "true" and "false": anything else is refused, naming the variable and the value, even with
+    an https:// address (a typo must not pass unnoticed)."""
+    for env in (PLAIN, VAULT):
+        with pytest.raises(SettingsError) as info:
+            RuntimeSettings.from_environ({**env, "GREENTIC_VAULT_INSECURE_HTTP": flag})
+        assert f"GREENTIC_VAULT_INSECURE_HTTP={flag!r} must be true or false" in str(info.value)
+
+
+def test_a_ca_bundle_with_a_plain_http_address_is_a_config_error() -> None:
+    """VAULT_CACERT next to an http:// address means someone expected TLS: refused, naming both."""
+    for read in (RuntimeSettings.from_environ, AdminSettings.from_environ):
+        with pytest.raises(
+            SettingsError, match=r"VAULT_CACERT is set but VAULT_ADDR='http://.*' is plain http"
+        ):
+            read(
+                {
+                    **PLAIN,
+                    "GREENTIC_VAULT_INSECURE_HTTP": "true",
+                    "VAULT_CACERT": "/etc/vault/ca.pem",
+                    "VAULT_TOKEN": "t",
+                }
+            )
+
+
+@pytest.mark.parametrize(
+    "addr",
+    ["ftp://vault:8200", "vault:8200", "https://", "http://", "https://u:p@vault:8200", "https://v/?x"],
+)
+def test_addresses_that_are_not_a_vault_url_are_refused(addr: str) -> None:
+    """Other schemes, no host, credentials or a query in VAULT_ADDR: refused at start, flag or not."""
+    for flag in ("false", "true"):
+        with pytest.raises(SettingsError, match="VAULT_ADDR="):
+            RuntimeSettings.from_environ({**VAULT, "VAULT_ADDR": addr, "GREENTIC_VAULT_INSECURE_HTTP": flag})
+
+
+def test_the_webhook_injects_the_variable_the_runtime_reads() -> None:
+    """Both sides name GREENTIC_VAULT_INSECURE_HTTP the same (the runtime does not import the webhook)."""
+    from gtc_admission import constants as webhook
+    from gtc_secrets import constants as runtime
+
+    assert (
+        webhook.ENV_VAULT_INSECURE_HTTP == runtime.ENV_VAULT_INSECURE_HTTP == "GREENTIC_VAULT_INSECURE_HTTP"
+    )
