@@ -46,6 +46,15 @@ DEFAULT_BOOT_TIMEOUT_SECONDS: Final = 30.0
 # for an environment with vault.insecureHttp: true. Only "true" and "false" are accepted.
 ENV_VAULT_INSECURE_HTTP: Final = "GREENTIC_VAULT_INSECURE_HTTP"
 
+# --- `exec --watch`: restart the worker when a secret has a new version. ---
+ENV_SECRETS_WATCH: Final = "GREENTIC_SECRETS_WATCH"  # the interval, like --watch (the flag wins)
+# Every check is one Vault read per referenced secret, for every worker: below this, a fleet of workers
+# would be a steady load on Vault for little gain (Vault Agent's default template check is 5 minutes).
+MIN_WATCH_INTERVAL_SECONDS: Final = 10.0
+DEFAULT_GRACE_SECONDS: Final = 30.0  # like Kubernetes' default terminationGracePeriodSeconds
+ON_CHANGE_RESTART: Final = "restart"
+ON_CHANGE_EXIT: Final = "exit"
+
 # --- Operator side only (`put`, `bootstrap`). The worker NEVER reads these. ---
 ENV_VAULT_TOKEN: Final = "VAULT_TOKEN"  # noqa: S105 - a variable name, not a password
 

@@ -23,7 +23,14 @@ from typing import TypeVar
 from gtc_secrets.constants import transit_key_name
 from gtc_secrets.envelope import Envelope, EnvelopeError, SecretValue, open_envelope, parse_envelope
 from gtc_secrets.refs import SecretRef
-from gtc_secrets.vault import NotFound, TransitItemErrors, VaultError, VaultUnavailable, WorkerVault
+from gtc_secrets.vault import (
+    KvVersion,
+    NotFound,
+    TransitItemErrors,
+    VaultError,
+    VaultUnavailable,
+    WorkerVault,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,13 +157,32 @@ def _raise_collected(results: Sequence[object]) -> None:
         raise ResolveFailed(errors)
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """Every reference's value, and the KV-v2 version each value was read from (``exec --watch``)."""
+
+    values: dict[SecretRef, SecretValue]
+    versions: dict[SecretRef, KvVersion]
+
+
 async def resolve_from_vault(
     vault: WorkerVault, refs: Sequence[SecretRef], *, concurrency: int = DEFAULT_CONCURRENCY
 ) -> dict[SecretRef, SecretValue]:
     """Resolve every reference (all in one env + tenant) with one login and one batch decrypt."""
+    return (await resolve_versions_from_vault(vault, refs, concurrency=concurrency)).values
+
+
+async def resolve_versions_from_vault(
+    vault: WorkerVault, refs: Sequence[SecretRef], *, concurrency: int = DEFAULT_CONCURRENCY
+) -> Resolved:
+    """:func:`resolve_from_vault`, also keeping the version each envelope was read at.
+
+    The versions come from the data reads themselves, not from a second metadata read, so that a ``put``
+    landing between the two can never be taken for what the worker already has.
+    """
     unique = sorted(set(refs))
     if not unique:
-        return {}
+        return Resolved({}, {})
     keys = {transit_key_name(ref.env, ref.tenant) for ref in unique}
     if len(keys) != 1:
         # parse_reference keeps a worker inside its env + tenant, so this is a programming error.
@@ -164,20 +190,20 @@ async def resolve_from_vault(
     (key,) = keys
     semaphore = asyncio.Semaphore(concurrency)
 
-    async def read(ref: SecretRef) -> tuple[str, Envelope]:
+    async def read(ref: SecretRef) -> tuple[str, Envelope, KvVersion]:
         async with semaphore:
             try:
-                location, data = await vault.read_kv(ref.logical_path)
+                read = await vault.read_kv(ref.logical_path)
             except NotFound as exc:
                 raise MissingSecret(ref, f"KV {exc.path}") from None
-        return location, parse_envelope(data, ref, location)
+        return read.path, parse_envelope(read.data, ref, read.path), read.version
 
     read_results = await asyncio.gather(*(read(ref) for ref in unique), return_exceptions=True)
     _raise_collected(read_results)
     envelopes = [result for result in read_results if isinstance(result, tuple)]
 
     try:
-        data_keys = await vault.decrypt_batch(key, [envelope.wrapped_key for _, envelope in envelopes])
+        data_keys = await vault.decrypt_batch(key, [envelope.wrapped_key for _, envelope, _ in envelopes])
     except TransitItemErrors as exc:
         _raise_collected(
             [
@@ -189,14 +215,15 @@ async def resolve_from_vault(
 
     values: dict[SecretRef, SecretValue] = {}
     errors: list[Exception] = []
-    for ref, (location, envelope), data_key in zip(unique, envelopes, data_keys, strict=True):
+    for ref, (location, envelope, _), data_key in zip(unique, envelopes, data_keys, strict=True):
         try:
             values[ref] = open_envelope(envelope, data_key, ref, location)
         except EnvelopeError as exc:
             errors.append(exc)
     _raise_collected(errors)
     log.info("resolved %d secret reference(s) from Vault (one transit batch with key %s)", len(values), key)
-    return values
+    versions = {ref: version for ref, (_, _, version) in zip(unique, envelopes, strict=True)}
+    return Resolved(values, versions)
 
 
 __all__ = [
@@ -205,8 +232,10 @@ __all__ = [
     "MissingSecret",
     "ResolveError",
     "ResolveFailed",
+    "Resolved",
     "VaultError",
     "WrongTransitKey",
     "resolve_from_vault",
+    "resolve_versions_from_vault",
     "retry_until",
 ]

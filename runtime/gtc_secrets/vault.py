@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeGuard
 
 import aiohttp
 import orjson
@@ -374,6 +374,40 @@ def read_token_file(path: Path) -> str:
     return token
 
 
+@dataclass(frozen=True, order=True)
+class KvVersion:
+    """Which version of a KV-v2 secret: its number, and when it was written.
+
+    The number alone is not enough: deleting a secret's metadata and writing it again starts the numbers
+    at 1 again, with a new value. ``created_time`` (as Vault gives it, in the data read's metadata and per
+    version in the metadata read) tells those apart.
+    """
+
+    number: int
+    created_time: str = ""
+
+    def __str__(self) -> str:
+        return str(self.number)
+
+
+@dataclass(frozen=True)
+class KvRead:
+    """One KV-v2 data read: the API path read, the latest version's data, and which version it is."""
+
+    path: str
+    data: Mapping[str, object]
+    version: KvVersion
+
+
+def _is_version(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _created_time(metadata: object) -> str:
+    created = metadata.get("created_time") if isinstance(metadata, Mapping) else None
+    return created if isinstance(created, str) else ""
+
+
 class TransitItemErrors(Exception):
     """Some items of a batch decrypt failed; ``failed`` maps batch index to Vault's short error text."""
 
@@ -396,6 +430,9 @@ class VaultPaths:
 
     def kv_data(self, logical_path: str) -> str:
         return f"{self.kv_mount}/data/{self.kv_prefix}/{logical_path}"
+
+    def kv_metadata(self, logical_path: str) -> str:
+        return f"{self.kv_mount}/metadata/{self.kv_prefix}/{logical_path}"
 
     def transit_decrypt(self, key: str) -> str:
         return f"{self.transit_mount}/decrypt/{key}"
@@ -480,18 +517,45 @@ class WorkerVault:
             resp = await self._transport.request(method, path, token=fresh, payload=payload)
         return resp
 
-    async def read_kv(self, logical_path: str) -> tuple[str, Mapping[str, object]]:
-        """GET /v1/{kv}/data/{prefix}/{logical_path}: the latest version's data, and the KV path read."""
-        path = self._paths.kv_data(logical_path)
+    async def _get_data(self, path: str) -> Mapping[str, object]:
+        """GET /v1/{path}: the ``data`` object of Vault's 200 answer ({} when absent), else its error."""
         resp = await self._call("GET", path)
         if resp.status != 200:
             raise error_for_status(resp.status, "GET", path, resp.body)
         data = resp.body.get("data")
-        inner = data.get("data") if isinstance(data, Mapping) else None
+        return data if isinstance(data, Mapping) else {}
+
+    async def read_kv(self, logical_path: str) -> KvRead:
+        """GET /v1/{kv}/data/{prefix}/{logical_path}: the latest version's data, its number, and the path."""
+        path = self._paths.kv_data(logical_path)
+        data = await self._get_data(path)
+        inner = data.get("data")
         if not isinstance(inner, Mapping):
             # A deleted or destroyed latest version has data: null.
-            raise NotFound("GET", path, resp.status, "the latest version has no data (deleted or destroyed)")
-        return path, inner
+            raise NotFound("GET", path, 200, "the latest version has no data (deleted or destroyed)")
+        metadata = data.get("metadata")
+        version = metadata.get("version") if isinstance(metadata, Mapping) else None
+        if not _is_version(version):
+            # KV-v2 always says which version it returned; `exec --watch` compares it with later checks.
+            raise UnexpectedResponse("GET", path, 200, "no version in the KV-v2 metadata")
+        return KvRead(path, inner, KvVersion(version, _created_time(metadata)))
+
+    async def read_kv_version(self, logical_path: str) -> KvVersion:
+        """GET /v1/{kv}/metadata/{prefix}/{logical_path}: which version is the latest (and readable).
+
+        One small read that carries no envelope: what ``exec --watch`` asks at every check. A latest
+        version that is deleted or destroyed is NotFound, as it is for :meth:`read_kv`.
+        """
+        path = self._paths.kv_metadata(logical_path)
+        data = await self._get_data(path)
+        current = data.get("current_version")
+        if not _is_version(current):
+            raise UnexpectedResponse("GET", path, 200, "no current_version in the KV-v2 metadata")
+        versions = data.get("versions")
+        latest = versions.get(str(current)) if isinstance(versions, Mapping) else None
+        if isinstance(latest, Mapping) and (latest.get("deletion_time") or latest.get("destroyed") is True):
+            raise NotFound("GET", path, 200, f"the latest version ({current}) is deleted or destroyed")
+        return KvVersion(current, _created_time(latest))
 
     async def decrypt_batch(self, key: str, ciphertexts: Sequence[str]) -> list[bytes]:
         """POST /v1/{transit}/decrypt/{key} with ``batch_input``: ONE call for all wrapped keys."""

@@ -317,9 +317,9 @@ def test_worker_token_cannot_write_or_delete(bootstrapped: Bootstrapped) -> None
 
 
 def test_the_runtime_has_no_write_path() -> None:
-    """Read-only by construction: the worker's client offers login, read and decrypt only."""
+    """Read-only by construction: the worker's client offers login, reads and decrypt only."""
     public = {name for name in dir(WorkerVault) if not name.startswith("_")}
-    assert public == {"close", "login", "read_kv", "decrypt_batch"}
+    assert public == {"close", "login", "read_kv", "read_kv_version", "decrypt_batch"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -208,3 +209,11 @@ def review(
     if sub_resource:
         request["subResource"] = sub_resource
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    """The worker's ServiceAccount token file, as the fake Vault of test_resolve.py accepts it."""
+    path = tmp_path / "token"
+    path.write_text("jwt-acme\n")
+    return path

@@ -125,13 +125,6 @@ def vault_settings(token_file: Path) -> VaultWorkerSettings:
     return VaultWorkerSettings(addr="https://127.0.0.1:1", role="gtc-prod-acme", token_path=token_file)
 
 
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text("jwt-acme")
-    return path
-
-
 async def test_vault_backend_resolves_and_closes_its_transport(token_file: Path) -> None:
     """The backend builds one client from the settings, resolves, and closes the session."""
     fake = FakeVault()

@@ -66,6 +66,11 @@ class FakeVault:
         self.valid_jwts = {jwt}
         self.transit_keys = {"gtc-prod-acme": os.urandom(32), "gtc-prod-globex": os.urandom(32)}
         self.kv: dict[str, dict[str, object]] = {}
+        self.kv_versions: dict[str, int] = {}  # KV data path -> current version (every seed adds one)
+        self.kv_created: dict[str, str] = {}  # KV data path -> the current version's created_time
+        self.writes = 0
+        self.kv_deleted: set[str] = set()  # KV data paths whose latest version is soft-deleted
+        self.metadata_readable = True  # False: a policy with read on data paths only (tenant-wide role)
         self.tokens: dict[str, float] = {}  # token -> expiry (fake clock)
         self.readable_prefix = "secret/data/greentic/prod/acme/"
         self.decrypt_key = "gtc-prod-acme"
@@ -89,7 +94,12 @@ class FakeVault:
     def seed(self, r: SecretRef, value: str, *, key: str | None = None, at: SecretRef | None = None) -> None:
         data_key = os.urandom(32)
         wrapped = self.wrap(key or f"gtc-{r.env}-{r.tenant}", data_key)
-        self.kv[self.kv_path(at or r)] = seal(value.encode(), data_key, wrapped, r, self.kv_path(r))
+        path = self.kv_path(at or r)
+        self.kv[path] = seal(value.encode(), data_key, wrapped, r, self.kv_path(r))
+        self.kv_versions[path] = self.kv_versions.get(path, 0) + 1
+        self.writes += 1
+        self.kv_created[path] = f"2026-12-07T08:00:00.{self.writes:06d}Z"
+        self.kv_deleted.discard(path)
 
     # --- Transport ---
     async def request(
@@ -128,7 +138,21 @@ class FakeVault:
                 return Response(403, {"errors": ["1 error occurred:\n\t* permission denied\n\n"]})
             if path not in self.kv:
                 return Response(404, {"errors": []})
-            return Response(200, {"data": {"data": self.kv[path], "metadata": {"version": 1}}})
+            version = self.kv_versions.get(path, 1)
+            data = None if path in self.kv_deleted else self.kv[path]
+            metadata = {"version": version, "created_time": self.kv_created.get(path, "")}
+            return Response(200, {"data": {"data": data, "metadata": metadata}})
+        if method == "GET" and path.startswith("secret/metadata/"):
+            data_path = path.replace("secret/metadata/", "secret/data/", 1)
+            if not self.metadata_readable or not data_path.startswith(self.readable_prefix):
+                return Response(403, {"errors": ["1 error occurred:\n\t* permission denied\n\n"]})
+            if data_path not in self.kv:
+                return Response(404, {"errors": []})
+            version = self.kv_versions.get(data_path, 1)
+            deleted = "2026-12-07T08:00:00Z" if data_path in self.kv_deleted else ""
+            created = self.kv_created.get(data_path, "")
+            versions = {str(version): {"created_time": created, "deletion_time": deleted, "destroyed": False}}
+            return Response(200, {"data": {"current_version": version, "versions": versions}})
         if method == "POST" and path == PATHS.transit_decrypt(self.decrypt_key):
             results: list[dict[str, str]] = []
             for item in payload["batch_input"]:
@@ -144,13 +168,6 @@ class FakeVault:
 
     def count(self, method: str, prefix: str) -> int:
         return sum(1 for m, p, _ in self.requests if m == method and p.startswith(prefix))
-
-
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text("jwt-acme\n")
-    return path
 
 
 @pytest.fixture
@@ -272,9 +289,9 @@ async def test_revoked_token_is_replaced_transparently_after_a_403(fake: FakeVau
     vault = client(fake, token_file)
     await vault.read_kv(ref("a").logical_path)
     fake.tokens.clear()  # revoked (or expired early) on the Vault side
-    location, data = await vault.read_kv(ref("a").logical_path)
-    assert location == "secret/data/greentic/prod/acme/core/llm/a"
-    assert data["gtc_envelope"] == 1
+    read = await vault.read_kv(ref("a").logical_path)
+    assert read.path == "secret/data/greentic/prod/acme/core/llm/a"
+    assert read.data["gtc_envelope"] == 1
     assert vault.logins == 2
 
 
