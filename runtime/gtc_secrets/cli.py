@@ -42,7 +42,7 @@ from gtc_secrets.refs import (
     parse_reference,
 )
 from gtc_secrets.resolve import BootTimeout, ResolveError
-from gtc_secrets.seed import AdminVault, HvacAdminVault, SeedError, put_secret, strip_one_newline
+from gtc_secrets.seed import AdminVault, HvacAdminVault, SeedError, Stored, put_secret, strip_one_newline
 from gtc_secrets.settings import (
     OPERATOR_TRAFFIC,
     AdminSettings,
@@ -255,11 +255,24 @@ def cmd_put(args: argparse.Namespace, environ: Mapping[str, str], admin_factory:
         log.warning("%s", plain_http_warning(settings.addr, OPERATOR_TRAFFIC))
     value = _read_value(args, ref)
     try:
-        location = put_secret(admin_factory(settings), settings, ref, value)
+        stored = put_secret(admin_factory(settings), settings, ref, value)
     except SeedError as exc:
         raise CommandError(EXIT_RESOLVE, str(exc)) from None
-    print(f"stored {ref.uri} at {location} (envelope only)", file=sys.stderr)
+    for line in put_report(ref, stored):
+        print(line, file=sys.stderr)
     return EXIT_OK
+
+
+def put_report(ref: SecretRef, stored: Stored) -> list[str]:
+    """What ``put`` tells the operator (pure): the reference, where and which version; no value."""
+    lines = [f"stored {ref.uri} at {stored.location} (envelope only), version {stored.version}"]
+    if stored.version > 1:
+        # A rotation: the workers already running have the previous version in their environment.
+        lines.append(
+            f"workers started with `{PROG} exec --watch` restart with version {stored.version} at their next "
+            "check; workers without --watch keep the old value until they are restarted"
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import hvac
@@ -39,8 +40,8 @@ class AdminVault(Protocol):
     def generate_data_key(self, transit_mount: str, key: str) -> tuple[bytes, str]:
         """POST /v1/{transit_mount}/datakey/plaintext/{key}: (plaintext data key, wrapped key)."""
 
-    def write_kv(self, kv_mount: str, path: str, data: Mapping[str, object]) -> None:
-        """POST /v1/{kv_mount}/data/{path}: write a new KV-v2 version."""
+    def write_kv(self, kv_mount: str, path: str, data: Mapping[str, object]) -> int:
+        """POST /v1/{kv_mount}/data/{path}: write a new KV-v2 version; returns its number."""
 
 
 def check_value(value: bytes, ref: SecretRef) -> None:
@@ -74,8 +75,16 @@ def kv_location(settings: AdminSettings, ref: SecretRef) -> tuple[str, str]:
     return sub, f"{settings.kv_mount}/data/{sub}"
 
 
-def put_secret(admin: AdminVault, settings: AdminSettings, ref: SecretRef, value: bytes) -> str:
-    """Seal ``value`` for ``ref`` and write the envelope; returns the KV path written."""
+@dataclass(frozen=True)
+class Stored:
+    """Where ``put`` wrote the envelope, and the KV-v2 version it became."""
+
+    location: str
+    version: int
+
+
+def put_secret(admin: AdminVault, settings: AdminSettings, ref: SecretRef, value: bytes) -> Stored:
+    """Seal ``value`` for ``ref`` and write the envelope; returns the KV path and the new version."""
     check_value(value, ref)
     key = transit_key_name(ref.env, ref.tenant)
     sub, location = kv_location(settings, ref)
@@ -85,9 +94,9 @@ def put_secret(admin: AdminVault, settings: AdminSettings, ref: SecretRef, value
             f"{settings.transit_mount}/datakey/plaintext/{key}: expected a {KEY_BYTES * 8}-bit data key"
         )
     envelope = seal(value, data_key, wrapped, ref, location)
-    admin.write_kv(settings.kv_mount, sub, envelope)
-    log.info("stored envelope for %s at %s (wrapped with transit key %s)", ref.uri, location, key)
-    return location
+    version = admin.write_kv(settings.kv_mount, sub, envelope)
+    log.info("stored envelope for %s at %s, version %d (transit key %s)", ref.uri, location, version, key)
+    return Stored(location, version)
 
 
 class HvacAdminVault:
@@ -115,13 +124,20 @@ class HvacAdminVault:
         except (binascii.Error, ValueError):
             raise SeedError(f"{where}: the data key is not base64") from None
 
-    def write_kv(self, kv_mount: str, path: str, data: Mapping[str, object]) -> None:
-        _call(
-            f"POST /v1/{kv_mount}/data/{path}",
+    def write_kv(self, kv_mount: str, path: str, data: Mapping[str, object]) -> int:
+        where = f"POST /v1/{kv_mount}/data/{path}"
+        response = _call(
+            where,
             lambda: self._client.secrets.kv.v2.create_or_update_secret(
                 path=path, secret=dict(data), mount_point=kv_mount
             ),
         )
+        written = response.get("data") if isinstance(response, Mapping) else None
+        version = written.get("version") if isinstance(written, Mapping) else None
+        if not isinstance(version, int) or isinstance(version, bool):
+            # The write happened; only its number is unknown. Say so rather than guess one.
+            raise SeedError(f"{where}: written, but Vault's answer has no version number")
+        return version
 
 
 def _call(where: str, operation: Any) -> Any:

@@ -350,9 +350,12 @@ class FakeAdmin:
         self.data_keys.append(data_key)
         return data_key, self.vault.wrap(key, data_key)
 
-    def write_kv(self, kv_mount: str, path: str, data: Mapping[str, object]) -> None:
+    def write_kv(self, kv_mount: str, path: str, data: Mapping[str, object]) -> int:
         self.calls.append(("write", f"{kv_mount}/data/{path}"))
-        self.vault.kv[f"{kv_mount}/data/{path}"] = dict(data)
+        full = f"{kv_mount}/data/{path}"
+        self.vault.kv[full] = dict(data)
+        self.vault.kv_versions[full] = self.vault.kv_versions.get(full, 0) + 1
+        return self.vault.kv_versions[full]
 
 
 ADMIN_ENV = {"VAULT_ADDR": "https://127.0.0.1:8200", "VAULT_TOKEN": "admin-token"}
@@ -385,8 +388,33 @@ def test_put_from_stdin_writes_only_an_envelope(
     envelope = parse_envelope(stored, ref, "x")
     assert open_envelope(envelope, admin.data_keys[0], ref, "x").reveal_bytes() == CANARY.encode()
     out, err = capfd.readouterr()
-    assert "stored secret://prod/acme/core/llm/openai_key" in err
+    assert err.splitlines() == [
+        "stored secret://prod/acme/core/llm/openai_key at secret/data/greentic/prod/acme/core/llm/openai_key "
+        "(envelope only), version 1"
+    ]
     assert CANARY not in out + err
+
+
+def test_put_of_a_new_version_says_which_workers_keep_the_old_value(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A rotation (version 2 and later): the reference, the new version, and that workers without --watch
+    keep the old value until restarted. No value."""
+    vault = FakeVault()
+    admin = FakeAdmin(vault)
+    argv = ["put", "secret://prod/acme/core/llm/openai_key"]
+    for value in (b"first", CANARY.encode()):
+        stdin(monkeypatch, value)
+        assert cli.main(argv, ADMIN_ENV, admin_factory=lambda _: admin) == 0
+    out, err = capfd.readouterr()
+    assert err.splitlines()[-2:] == [
+        "stored secret://prod/acme/core/llm/openai_key at secret/data/greentic/prod/acme/core/llm/openai_key "
+        "(envelope only), version 2",
+        "workers started with `gtc-secrets exec --watch` restart with version 2 at their next check; workers "
+        "without --watch keep the old value until they are restarted",
+    ]
+    assert out == ""
+    assert CANARY not in err
 
 
 @pytest.mark.usefixtures("restore_root_logging")
@@ -526,7 +554,7 @@ def test_put_vault_errors_name_the_path_not_the_value(
     """A Vault refusal while writing is exit 1 with the path."""
 
     class Refusing(FakeAdmin):
-        def write_kv(self, kv_mount: str, path: str, data: Mapping[str, object]) -> None:
+        def write_kv(self, kv_mount: str, path: str, data: Mapping[str, object]) -> int:
             raise SeedError(f"POST /v1/{kv_mount}/data/{path}: Forbidden (permission denied)")
 
     stdin(monkeypatch, CANARY.encode())
