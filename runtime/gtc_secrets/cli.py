@@ -8,9 +8,13 @@ Exit codes (documented in README "Worker runtime"):
 2     usage error (bad arguments)
 3     configuration error (environment variables, CA bundle or TLS verification, token file)
 4     Vault unavailable for the whole boot timeout
+75    ``exec --watch --on-change exit``: a secret has a new version (Kubernetes restarts the container)
 126   ``exec``: the command cannot be executed
 127   ``exec``: the command was not found
 ====  =====================================================================================
+
+With ``exec --watch`` the runtime stays as the command's parent and, when the command exits on its own,
+exits with its status: its exit code, or 128 + N when signal N killed it (the shell's convention).
 
 Errors go to stderr and name references, env var names and paths, never values.
 """
@@ -19,17 +23,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gtc_secrets import __version__
 from gtc_secrets import constants as c
-from gtc_secrets.backends import SecretsBackend, make_backend
+from gtc_secrets.backends import SecretsBackend, VaultBackend, make_backend
 from gtc_secrets.bootstrap import register as register_bootstrap
 from gtc_secrets.envelope import EnvelopeError, SecretValue
 from gtc_secrets.refs import (
@@ -48,9 +53,14 @@ from gtc_secrets.settings import (
     AdminSettings,
     RuntimeSettings,
     SettingsError,
+    WatchSettings,
+    parse_duration,
+    parse_watch_interval,
     plain_http_warning,
 )
+from gtc_secrets.supervisor import EXIT_SECRETS_CHANGED, OnChange, supervise
 from gtc_secrets.vault import TLSConfigError, TokenFileError, VaultError, VaultTLSError, VaultUnavailable
+from gtc_secrets.watch import VaultWatcher
 
 log = logging.getLogger("gtc_secrets")
 
@@ -87,6 +97,11 @@ class ExecPlan:
 
     references: Mapping[str, SecretRef]
     errors: Sequence[str]
+
+    def summary(self) -> str:
+        """``2 resolved secret env var(s): A, B``: names for the log, never values."""
+        names = ", ".join(sorted(self.references)) or "-"
+        return f"{len(self.references)} resolved secret env var(s): {names}"
 
 
 def plan_exec(environ: Mapping[str, str], scope: Scope) -> ExecPlan:
@@ -137,8 +152,15 @@ def _settings(environ: Mapping[str, str]) -> RuntimeSettings:
 
 
 def _resolve(backend: SecretsBackend, refs: Sequence[SecretRef]) -> dict[SecretRef, SecretValue]:
-    try:
+    with _resolve_errors():
         return asyncio.run(backend.resolve(refs))
+
+
+@contextlib.contextmanager
+def _resolve_errors() -> Iterator[None]:
+    """Resolution errors as the CLI's exit codes."""
+    try:
+        yield
     except BootTimeout as exc:
         raise CommandError(EXIT_UNAVAILABLE, str(exc)) from None
     except (TokenFileError, TLSConfigError, VaultTLSError) as exc:
@@ -160,23 +182,31 @@ def cmd_exec(
         command = command[1:]
     if not command:
         raise CommandError(EXIT_USAGE, "exec: missing command (usage: gtc-secrets exec -- CMD ARGS...)")
+    watch = watch_settings(args, environ)
     settings = _settings(environ)
     plan = plan_exec(environ, settings.scope)
     if plan.errors:
         raise CommandError(
             EXIT_RESOLVE, "invalid secret references:\n" + "\n".join(f"  - {e}" for e in plan.errors)
         )
+    if watch is not None:
+        backend = backend_factory(settings)
+        with _command_errors(command):
+            return asyncio.run(exec_watched(command, environ, plan, backend, settings=settings, watch=watch))
     values = _resolve(backend_factory(settings), list(plan.references.values())) if plan.references else {}
     env = child_environment(environ, plan.references, values)
-    log.info(
-        "exec %s with %d resolved secret env var(s): %s",
-        command[0],
-        len(plan.references),
-        ", ".join(sorted(plan.references)) or "-",
-    )
+    log.info("exec %s with %s", command[0], plan.summary())
     _flush()
-    try:
+    with _command_errors(command):
         execvpe(command[0], command, env)
+    return EXIT_OK  # only reached with a fake execvpe (tests)
+
+
+@contextlib.contextmanager
+def _command_errors(command: Sequence[str]) -> Iterator[None]:
+    """A command that cannot be started as the shell's exit codes (127 not found, 126 not executable)."""
+    try:
+        yield
     except FileNotFoundError:
         raise CommandError(EXIT_NOT_FOUND, f"exec: {command[0]}: command not found") from None
     except PermissionError:
@@ -185,7 +215,93 @@ def cmd_exec(
         raise CommandError(
             EXIT_CANNOT_EXECUTE, f"exec: {command[0]}: cannot execute ({exc.strerror})"
         ) from None
-    return EXIT_OK  # only reached with a fake execvpe (tests)
+
+
+# ---------------------------------------------------------------------------------------------
+# `exec --watch`: stay as the command's parent and restart it when a secret has a new version.
+# ---------------------------------------------------------------------------------------------
+
+
+def watch_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> WatchSettings | None:
+    """--watch (or GREENTIC_SECRETS_WATCH; the flag wins), --on-change, --grace; None without a watch."""
+    interval: float | None = None
+    try:
+        if args.watch is not None:
+            interval = parse_watch_interval(args.watch, "--watch")
+        grace = c.DEFAULT_GRACE_SECONDS if args.grace is None else parse_duration(args.grace, "--grace")
+    except SettingsError as exc:
+        raise CommandError(EXIT_USAGE, str(exc)) from None
+    from_env = environ.get(c.ENV_SECRETS_WATCH)
+    if interval is None and from_env:
+        try:
+            interval = parse_watch_interval(from_env, c.ENV_SECRETS_WATCH)
+        except SettingsError as exc:
+            raise CommandError(EXIT_CONFIG, str(exc)) from None
+    if interval is None:
+        if args.on_change is not None or args.grace is not None:
+            raise CommandError(
+                EXIT_USAGE, f"exec: --on-change and --grace need --watch INTERVAL (or {c.ENV_SECRETS_WATCH})"
+            )
+        return None
+    on_change: OnChange = args.on_change or c.ON_CHANGE_RESTART
+    return WatchSettings(interval=interval, on_change=on_change, grace_seconds=grace)
+
+
+async def _unwatched() -> AsyncGenerator[Mapping[str, str], None]:
+    """No secret to watch: changes that end at once (the supervisor then only supervises)."""
+    return
+    yield {}  # makes this an async generator
+
+
+async def exec_watched(
+    command: Sequence[str],
+    environ: Mapping[str, str],
+    plan: ExecPlan,
+    backend: SecretsBackend,
+    *,
+    settings: RuntimeSettings,
+    watch: WatchSettings,
+) -> int:
+    """Resolve (keeping the versions), start the command as a child, restart it on a new version."""
+    refs = list(plan.references.values())
+    vault = backend.client() if isinstance(backend, VaultBackend) and refs else None
+    try:
+        if vault is not None:
+            watcher = VaultWatcher(vault, refs, interval=watch.interval)
+            with _resolve_errors():
+                values = await watcher.boot(timeout=settings.boot_timeout)
+
+            def build(new: Mapping[SecretRef, SecretValue]) -> dict[str, str]:
+                try:
+                    return child_environment(environ, plan.references, new)
+                except CommandError as exc:
+                    raise ValueError(str(exc)) from None
+
+            changes: AsyncGenerator[Mapping[str, str], None] = watcher.changes(build)
+            what = f"checking for new versions every {watch.interval:g}s (jittered)"
+        else:
+            with _resolve_errors():
+                values = await backend.resolve(refs) if refs else {}
+            changes = _unwatched()
+            what = "no secret to watch" if not refs else f"nothing to watch with the {backend.name} backend"
+        env = child_environment(environ, plan.references, values)
+        log.info(
+            "supervising %s with %s; %s (on a change: %s, grace %gs)",
+            command[0],
+            plan.summary(),
+            what,
+            watch.on_change,
+            watch.grace_seconds,
+        )
+        _flush()
+        # `changes` is not closed here: the supervisor cancels its pending read when the child exits, and
+        # the event loop finalises the generator after that cancellation has run (asyncio.run does both).
+        return await supervise(
+            command, env, changes, on_change=watch.on_change, grace_seconds=watch.grace_seconds
+        )
+    finally:
+        if vault is not None:
+            await vault.close()
 
 
 def cmd_get(args: argparse.Namespace, environ: Mapping[str, str], backend_factory: BackendFactory) -> int:
@@ -297,7 +413,26 @@ def build_parser(
         "exec",
         help="resolve every env var holding a secret:// reference, then exec CMD with the values",
         description="Resolve every environment variable whose value is a secret:// reference, then "
-        "replace this process with CMD, the values in its environment only.",
+        "replace this process with CMD, the values in its environment only. With --watch, start CMD as a "
+        "child instead, pass signals on to it, and restart it when a referenced secret has a new version.",
+    )
+    p_exec.add_argument(
+        "--watch",
+        metavar="INTERVAL",
+        help="stay as CMD's parent and restart it when a secret has a new version, checking every INTERVAL "
+        f"(30, 90s, 5m, 1h; at least {c.MIN_WATCH_INTERVAL_SECONDS:g}s; default: {c.ENV_SECRETS_WATCH}, "
+        "else no watch: CMD replaces gtc-secrets)",
+    )
+    p_exec.add_argument(
+        "--on-change",
+        choices=(c.ON_CHANGE_RESTART, c.ON_CHANGE_EXIT),
+        help=f"restart (default): restart CMD with the new values; exit: stop CMD and exit "
+        f"{EXIT_SECRETS_CHANGED} so that Kubernetes restarts the container",
+    )
+    p_exec.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        help=f"how long CMD has to exit after SIGTERM before SIGKILL (default {c.DEFAULT_GRACE_SECONDS:g})",
     )
     p_exec.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
     p_exec.set_defaults(func=lambda args: cmd_exec(args, environ, backend_factory, execvpe))

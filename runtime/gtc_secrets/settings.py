@@ -19,6 +19,7 @@ from typing import Literal, cast
 
 from gtc_secrets import constants as c
 from gtc_secrets.refs import Scope, check_scope_segment
+from gtc_secrets.supervisor import OnChange
 from gtc_secrets.vault import vault_base_url
 
 Backend = Literal["vault", "dev-store"]
@@ -227,6 +228,41 @@ def parse_boot_timeout(value: str | None) -> float:
         raise SettingsError(f"{c.ENV_BOOT_TIMEOUT}={value!r} is not a number of seconds") from None
     if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_BOOT_TIMEOUT_SECONDS:
         raise SettingsError(f"{c.ENV_BOOT_TIMEOUT}={value!r} must be > 0 and <= {MAX_BOOT_TIMEOUT_SECONDS:g}")
+    return seconds
+
+
+# A duration as Vault Agent's configuration writes one (and plain seconds): 30, 90s, 2.5m, 1h.
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """``exec --watch``: how often to check for new versions, and what a change does to the child."""
+
+    interval: float
+    on_change: OnChange = c.ON_CHANGE_RESTART
+    grace_seconds: float = c.DEFAULT_GRACE_SECONDS
+
+
+def parse_duration(value: str, what: str) -> float:
+    """Seconds from ``30``, ``90s``, ``2.5m`` or ``1h``; ``what`` names the flag or variable in errors."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise SettingsError(
+            f"{what}={value!r} is not a duration (seconds, or a number with s, m or h: 30, 90s, 5m, 1h)"
+        )
+    return float(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+def parse_watch_interval(value: str, what: str) -> float:
+    """The watch interval: a duration of at least MIN_WATCH_INTERVAL_SECONDS."""
+    seconds = parse_duration(value, what)
+    if seconds < c.MIN_WATCH_INTERVAL_SECONDS:
+        raise SettingsError(
+            f"{what}={value!r}: the interval must be at least {c.MIN_WATCH_INTERVAL_SECONDS:g}s (every check "
+            "is one Vault read per referenced secret, from every worker)"
+        )
     return seconds
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -210,7 +210,7 @@ class VaultWatcher:
             log.error("new version(s) not applied, the worker keeps the values it has: %s", exc)
             return None
 
-    async def changes(self, build: Callable[[Mapping[SecretRef, SecretValue]], T]) -> AsyncIterator[T]:
+    async def changes(self, build: Callable[[Mapping[SecretRef, SecretValue]], T]) -> AsyncGenerator[T, None]:
         """Check every interval (jittered; backing off while Vault is unavailable) for ever; yield
         ``build(new values)`` after each change. ``build`` raising ValueError (a value that cannot be
         used) is logged, and the child keeps what it has until the next version."""
