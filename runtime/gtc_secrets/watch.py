@@ -210,26 +210,33 @@ class VaultWatcher:
             log.error("new version(s) not applied, the worker keeps the values it has: %s", exc)
             return None
 
+    def _delay(self, failures: int) -> float:
+        return next_delay(self._interval, failures, self._rng, max_backoff=self._max_backoff)
+
     async def changes(self, build: Callable[[Mapping[SecretRef, SecretValue]], T]) -> AsyncGenerator[T, None]:
         """Check every interval (jittered; backing off while Vault is unavailable) for ever; yield
         ``build(new values)`` after each change. ``build`` raising ValueError (a value that cannot be
         used) is logged, and the child keeps what it has until the next version."""
         failures = 0
+        delay = self._delay(failures)
         while True:
-            await self._sleep(next_delay(self._interval, failures, self._rng, max_backoff=self._max_backoff))
+            await self._sleep(delay)
             try:
                 resolved = await self.check()
             except VaultUnavailable as exc:
                 failures += 1
+                delay = self._delay(failures)
                 log.warning(
                     "checking %d secret reference(s) for new versions: Vault unavailable (%s); the worker "
-                    "keeps running with the values it has (%d failed check(s) in a row, backing off)",
+                    "keeps running with the values it has (%d failed check(s) in a row, next in %.1fs)",
                     len(self._refs),
                     exc,
                     failures,
+                    delay,
                 )
                 continue
             failures = 0
+            delay = self._delay(failures)
             if resolved is None:
                 continue
             try:
