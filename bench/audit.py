@@ -161,9 +161,15 @@ def render(result: dict[str, Any], date: str) -> str:
 
 def write_section(markdown: str, path: Path) -> None:
     """Replace the figures between this benchmark's own markers (added at the end the first time)."""
+    replace_section(path, "## `gtc-admission audit` (issue 11)", BEGIN, END, markdown)
+
+
+def replace_section(path: Path, title: str, begin: str, end: str, markdown: str) -> None:
+    """Put ``markdown`` between the markers ``begin`` and ``end`` of ``path``, keeping the rest; the first
+    time, a section ``title`` with the markers is added at the end. (bench/watch.py uses it too.)"""
     text = path.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        text = f"{text.rstrip()}\n\n## `gtc-admission audit` (issue 11)\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{markdown}{END}{tail}", encoding="utf-8")
+    if begin not in text or end not in text:
+        text = f"{text.rstrip()}\n\n{title}\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{markdown}{end}{tail}", encoding="utf-8")

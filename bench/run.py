@@ -1,6 +1,7 @@
 """The benchmarks of issue 5: figures and ratios, printed and written into bench/RESULTS.md. Not tests.
 
-    .venv/bin/python -m bench.run [--only admission,workers,decision,boot,memory,stream,audit] [--duration S]
+    .venv/bin/python -m bench.run [--only admission,workers,decision,boot,memory,stream,audit,watch]
+                                  [--duration S]
                                   [--rounds N]
 
 - admission: wrk (1 thread, keep-alive, TLS) against ``gtc-admission serve`` on 127.0.0.1 and, interleaved in
@@ -17,6 +18,9 @@
   second; written into its own section of RESULTS.md.
 - audit (issue 11, bench/audit.py): ``gtc-admission audit`` of 10,000 pods against the API stand-in, time
   and peak RSS; written into its own section of RESULTS.md.
+- watch (issue 13, bench/watch.py): ``gtc-secrets exec --watch`` with 50 references against the same local
+  OpenBao as boot (per-team role): the supervisor's CPU per check and RSS, and the time from ``put`` to the
+  worker serving the new value; written into its own section of RESULTS.md.
 
 Every server's audit lines go to a file in the work folder (the write is part of our cost), not a terminal.
 Medians over ``--rounds`` interleaved rounds are reported; ratios come from figures of the same run.
@@ -61,6 +65,7 @@ from tests.support.token_review import TokenReviewServer
 from bench import audit as audit_bench
 from bench import pods
 from bench import stream as stream_bench
+from bench import watch as watch_bench
 from gtc_admission.admission import decode_body, handle_review
 from gtc_admission.audit import audit_line
 from gtc_admission.bindings import StaticBindings
@@ -87,7 +92,7 @@ END_MARKER: Final = "<!-- bench/run.py: figures of the last run, end -->"
 # Variables that would make the server watch a real cluster: the benchmark uses static bindings only.
 CLUSTER_ENV: Final = ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
 
-ALL_BENCHMARKS: Final = ("admission", "workers", "decision", "boot", "memory", "stream", "audit")
+ALL_BENCHMARKS: Final = ("admission", "workers", "decision", "boot", "memory", "stream", "audit", "watch")
 THROUGHPUT_CONNECTIONS: Final = 16
 LATENCY_CONNECTIONS: Final = 1
 BOOT_REFERENCES: Final = 50
@@ -611,9 +616,16 @@ BOOT_ENV, BOOT_TENANT, BOOT_TEAM, BOOT_NAMESPACE = "prod", "acme", "core", "acme
 
 
 @contextlib.contextmanager
-def seeded_vault(workdir: Path, references: int = BOOT_REFERENCES) -> Iterator[SeededVault]:
-    """OpenBao (dev mode, TLS) and the TokenReview stand-in, bootstrapped and seeded as the tests do."""
-    role = f"gtc-{BOOT_ENV}-{BOOT_TENANT}"
+def seeded_vault(
+    workdir: Path, references: int = BOOT_REFERENCES, *, per_team: bool = False
+) -> Iterator[SeededVault]:
+    """OpenBao (dev mode, TLS) and the TokenReview stand-in, bootstrapped and seeded as the tests do.
+
+    ``per_team``: the per-team role (``bootstrap --team``, which reads the KV metadata that ``exec --watch``
+    checks) instead of the tenant-wide one.
+    """
+    role = f"gtc-{BOOT_ENV}-{BOOT_TENANT}" + (f"-{BOOT_TEAM}" if per_team else "")
+    binding = ("--team", f"{BOOT_TEAM}={BOOT_NAMESPACE}") if per_team else ("--namespace", BOOT_NAMESPACE)
     refs = [
         SecretRef(BOOT_ENV, BOOT_TENANT, BOOT_TEAM, "bench", f"secret_{i:02d}") for i in range(references)
     ]
@@ -636,7 +648,7 @@ def seeded_vault(workdir: Path, references: int = BOOT_REFERENCES) -> Iterator[S
         args = parser.parse_args(
             [
                 bootstrap.COMMAND,
-                *("--env", BOOT_ENV, "--tenant", BOOT_TENANT, "--namespace", BOOT_NAMESPACE),
+                *("--env", BOOT_ENV, "--tenant", BOOT_TENANT, *binding),
                 *("--kubernetes-host", reviewer.url, "--kubernetes-ca", str(reviewer.ca_file)),
                 *("--token-reviewer-jwt", str(jwt_file)),
             ]
@@ -790,6 +802,20 @@ def _compare_resolutions(vault: SeededVault, rounds: int, label: str) -> dict[st
         "runtime_openbao_cpu_ms": median(openbao_cpu["runtime"]) * 1000,
         "naive_openbao_cpu_ms": median(openbao_cpu["naive"]) * 1000,
     }
+
+
+def _openbao_cpu() -> float:
+    """CPU seconds of every OpenBao process this benchmark started."""
+    return sum(_cpu_seconds(pid) for pid in _children(os.getpid()) if _command_name(pid) == "bao")
+
+
+def bench_watch(s: Settings) -> dict[str, Any]:
+    """bench/watch.py against OpenBao seeded with 50 references and a per-team role."""
+    probes = watch_bench.Probes(
+        note=note, cpu_seconds=_cpu_seconds, rss_bytes=rss_bytes, children=_children, openbao_cpu=_openbao_cpu
+    )
+    with seeded_vault(s.workdir / "watch", per_team=True) as vault:
+        return watch_bench.bench_watch(s.rounds, free_port(), vault, probes)
 
 
 def bench_boot(s: Settings) -> dict[str, Any]:
@@ -1075,6 +1101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "boot": bench_boot,
         "stream": lambda s: stream_bench.bench(s.workdir),
         "audit": lambda s: audit_bench.bench_audit(s.rounds, s.workdir, note),
+        "watch": bench_watch,
     }
     with tempfile.TemporaryDirectory(prefix="gtc-bench-") as tmp:
         workdir = Path(tmp)
@@ -1091,20 +1118,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 note(f"--- {name}")
                 results[name] = functions[name](settings)
     info["load_after"] = " ".join(f"{load:.2f}" for load in os.getloadavg())
-    if "stream" in results:  # its own section of RESULTS.md, so that `--only stream` keeps the others
-        stream_markdown = stream_bench.render(results.pop("stream"), f"measured {info['date']}")
-        print(stream_markdown)
-        if not args.no_write:
-            stream_bench.write_results(stream_markdown, RESULTS_FILE)
-        if not results:
-            return 0
-    if "audit" in results:  # its own section of RESULTS.md, so that `--only audit` keeps the others
-        audit_markdown = audit_bench.render(results.pop("audit"), info["date"])
-        print(audit_markdown)
-        if not args.no_write:
-            audit_bench.write_section(audit_markdown, RESULTS_FILE)
-        if not results:
-            return 0
+    # Benchmarks with their own section of RESULTS.md, so that `--only stream` (etc.) keeps the others.
+    own_sections: dict[str, tuple[Callable[[dict[str, Any]], str], Callable[[str, Path], None]]] = {
+        "stream": (lambda r: stream_bench.render(r, f"measured {info['date']}"), stream_bench.write_results),
+        "audit": (lambda r: audit_bench.render(r, info["date"]), audit_bench.write_section),
+        "watch": (lambda r: watch_bench.render(r, info["date"]), watch_bench.write_section),
+    }
+    for name, (render_section, write_section) in own_sections.items():
+        if name in results:
+            section = render_section(results.pop(name))
+            print(section)
+            if not args.no_write:
+                write_section(section, RESULTS_FILE)
+            if not results:
+                return 0
     results["cpu"] = CpuAccount.now().since(start)
     markdown = render(results, info, settings, args.shared)
     print(markdown)

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The demo worker: gtc-secrets resolves WEBHOOK_SECRET=secret://... from Vault, then runs the tiny HTTP
-# service of runtime/gtc_secrets/demo_worker.py. Build from the repository root (`make images`):
+# service of runtime/gtc_secrets/demo_worker.py, and restarts it when the secret is rotated. Build from the repository root (`make images`):
 #   docker build -f deploy/docker/worker.Dockerfile -t gtc-demo-worker:dev .
 # No Vault CA is baked in: the webhook projects the demo Vault's CA from the namespace's ConfigMap
 # gtc-vault-ca (config vault.caConfigMap) and points VAULT_CACERT at it, so one image serves any Vault.
@@ -26,5 +26,9 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 USER 65532:65532
 EXPOSE 8080
 # Every env var holding a secret:// reference is resolved before the worker starts; the values exist only
-# in the worker process's environment.
-ENTRYPOINT ["gtc-secrets", "exec", "--", "python", "-m", "gtc_secrets.demo_worker"]
+# in the worker process's environment. --watch 1m: gtc-secrets stays as the worker's parent (forwarding
+# signals, reaping orphans as PID 1) and restarts it with the new value within about a minute of a
+# `gtc-secrets put`, one KV metadata read per minute for this worker's one reference. A minute keeps a
+# rotated webhook secret's outage short at a load Vault does not notice; a worker with many references
+# and many replicas may prefer 5m (Vault Agent's default template interval).
+ENTRYPOINT ["gtc-secrets", "exec", "--watch", "1m", "--", "python", "-m", "gtc_secrets.demo_worker"]

@@ -237,7 +237,7 @@ def _dev_store_environ(tmp_path: Path) -> dict[str, str]:
 def _boot_and_check(tmp_path: Path, env: dict[str, str], port: int) -> None:
     """Start the image's command line with ``env``: the reference resolves, /hook answers 200 / 401."""
     gtc_secrets = str(Path(sys.executable).parent / "gtc-secrets")
-    command = [gtc_secrets, "exec", "--", sys.executable, "-m", "gtc_secrets.demo_worker"]
+    command = [gtc_secrets, "exec", "--watch", "1m", "--", sys.executable, "-m", "gtc_secrets.demo_worker"]
     log_file = tmp_path / "worker.log"
     base = f"http://127.0.0.1:{port}"
     with running(command, env, log_file) as process:

@@ -973,11 +973,14 @@ def test_example_worker_is_admitted_and_patched(rendered: dict[str, list[Doc]], 
 
 
 def test_worker_image_entrypoint_boots_through_gtc_secrets(rendered: dict[str, list[Doc]]) -> None:
-    """The worker image runs the demo worker under `gtc-secrets exec`, as the user the example pod sets."""
+    """The worker image runs the demo worker under `gtc-secrets exec --watch`, as the user the example pod
+    sets."""
     entrypoint = _dockerfile_instruction("worker.Dockerfile", "ENTRYPOINT")
     assert yaml.safe_load(entrypoint) == [
         "gtc-secrets",
         "exec",
+        "--watch",
+        "1m",
         "--",
         "python",
         "-m",
