@@ -385,8 +385,8 @@ def put_report(ref: SecretRef, stored: Stored) -> list[str]:
     if stored.version > 1:
         # A rotation: the workers already running have the previous version in their environment.
         lines.append(
-            f"workers started with `{PROG} exec --watch` restart with version {stored.version} at their next "
-            "check; workers without --watch keep the old value until they are restarted"
+            f"workers running `{PROG} exec --watch` pick up version {stored.version} at their next check; "
+            "workers without --watch keep the old value until they are restarted"
         )
     return lines
 

@@ -410,8 +410,8 @@ def test_put_of_a_new_version_says_which_workers_keep_the_old_value(
     assert err.splitlines()[-2:] == [
         "stored secret://prod/acme/core/llm/openai_key at secret/data/greentic/prod/acme/core/llm/openai_key "
         "(envelope only), version 2",
-        "workers started with `gtc-secrets exec --watch` restart with version 2 at their next check; workers "
-        "without --watch keep the old value until they are restarted",
+        "workers running `gtc-secrets exec --watch` pick up version 2 at their next check; workers without "
+        "--watch keep the old value until they are restarted",
     ]
     assert out == ""
     assert CANARY not in err
