@@ -96,6 +96,9 @@ class _Supervisor:
         # dies at once could be taken for an orphan and its status stolen.
         self.starting = False
         self.reap_pending = False
+        # Signals that came while a child was being started: it gets them once it exists (a pod's SIGTERM
+        # must not be lost because it came at boot).
+        self.pending: list[signal.Signals] = []
 
     async def start(self, env: Mapping[str, str]) -> asyncio.subprocess.Process:
         self.starting = True
@@ -107,6 +110,9 @@ class _Supervisor:
         finally:
             self.starting = False
         log.info("started %s (pid %d)", self.name, child.pid)
+        pending, self.pending = self.pending, []
+        for signum in pending:
+            self.forward(signum)
         if self.reap_pending:
             self.reap_orphans()
         return child
@@ -136,6 +142,9 @@ class _Supervisor:
     def forward(self, signum: signal.Signals) -> None:
         if signum in STOP_SIGNALS:
             self.stop_signal = signum
+        if self.starting:
+            self.pending.append(signum)
+            return
         child = self.child
         if child is None or child.returncode is not None:
             log.info("%s received with no child running", signum.name)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from gtc_secrets.supervisor import EXIT_SECRETS_CHANGED, OnChange, supervise
+from gtc_secrets.supervisor import EXIT_SECRETS_CHANGED, OnChange, _Supervisor, supervise
 from tests.support.processes import stop_process
 from tests.support.supervisor_driver import write_change
 
@@ -431,3 +431,23 @@ async def test_a_failing_watch_leaves_the_child_running(
         await asyncio.sleep(0.02)
     release.touch()
     assert await task == 5
+
+
+async def test_a_signal_that_comes_while_the_child_is_starting_reaches_it(tmp_path: Path) -> None:
+    """A pod's SIGTERM at boot, before the child's pid is known, is held and passed on, not lost.
+
+    This drives the private ``_Supervisor`` because the window is inside asyncio's process creation: the
+    callback below runs at the first point where ``start`` awaits, while no child exists yet.
+    """
+    record = tmp_path / "record.jsonl"
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    supervisor = _Supervisor([sys.executable, str(child), str(record), "sleep"], grace_seconds=1)
+    asyncio.get_running_loop().call_soon(supervisor.forward, signal.SIGUSR1)
+    process = await supervisor.start(BASE_ENV)
+    try:
+        # The child has no handler for SIGUSR1: it dies of it (a lost signal would leave it sleeping).
+        status = await asyncio.wait_for(supervisor.wait(process), DEADLINE_SECONDS)
+        assert status == 128 + signal.SIGUSR1
+    finally:
+        await supervisor.stop(process)
