@@ -313,6 +313,21 @@ def test_a_stop_signal_during_a_restart_stops_without_starting_a_new_child(super
     assert "not restarted: asked to stop" in run.log()
 
 
+def test_a_change_after_sigterm_leaves_the_stopping_child_alone(supervised: Launch) -> None:
+    """The pod is stopping (SIGTERM forwarded, the child shutting down): a change restarts nothing."""
+    run = supervised("term-twice", grace=DEADLINE_SECONDS)
+    run.wait_for_starts(1)
+    run.signal(signal.SIGTERM)  # the child notes it and keeps going, as one that drains its work
+    run.wait_for("the forwarded SIGTERM in the child", lambda: len(run.events("signal")) == 1)
+    run.change(1, {**BASE_ENV, "GTC_TEST_VALUE": "v2"})
+    run.wait_for("the change to be seen", lambda: "is stopping (SIGTERM): not restarted" in run.log())
+    run.signal(signal.SIGTERM)
+    assert run.finish() == 128 + signal.SIGTERM
+    assert len(run.events("start")) == 1
+    # Both SIGTERMs are the forwarded ones: the change sent none.
+    assert [e["name"] for e in run.events("signal")] == ["SIGTERM", "SIGTERM"]
+
+
 # --- No value in argv or logs. --------------------------------------------------------------------------
 
 
