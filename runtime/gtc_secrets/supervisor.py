@@ -36,9 +36,10 @@ FORWARDED_SIGNALS: Final = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
-# Of those, the ones that ask the worker to stop: when one comes while a restart is under way (the old
-# child is stopping), the supervisor does not start the new child: the pod is going away.
-STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+# Of those, the ones that mean the pod (or the user at a terminal) is stopping the worker: after one, no new
+# child is ever started (not at a restart under way, not for a later change) and a child shutting down is
+# left to finish. SIGQUIT is not one: the JVM and others take it as "dump your threads" and keep running.
+STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
 # The shell convention (and Kubernetes' "exit code 137" for SIGKILL): killed by signal N -> 128 + N.
 SIGNAL_EXIT_BASE: Final = 128
 PROC: Final = Path("/proc")
@@ -96,6 +97,9 @@ class _Supervisor:
         # dies at once could be taken for an orphan and its status stolen.
         self.starting = False
         self.reap_pending = False
+        # Signals that came while a child was being started: it gets them once it exists (a pod's SIGTERM
+        # must not be lost because it came at boot).
+        self.pending: list[signal.Signals] = []
 
     async def start(self, env: Mapping[str, str]) -> asyncio.subprocess.Process:
         self.starting = True
@@ -107,6 +111,9 @@ class _Supervisor:
         finally:
             self.starting = False
         log.info("started %s (pid %d)", self.name, child.pid)
+        pending, self.pending = self.pending, []
+        for signum in pending:
+            self.forward(signum)
         if self.reap_pending:
             self.reap_orphans()
         return child
@@ -136,6 +143,9 @@ class _Supervisor:
     def forward(self, signum: signal.Signals) -> None:
         if signum in STOP_SIGNALS:
             self.stop_signal = signum
+        if self.starting:
+            self.pending.append(signum)
+            return
         child = self.child
         if child is None or child.returncode is not None:
             log.info("%s received with no child running", signum.name)
@@ -179,10 +189,11 @@ async def supervise(
     Returns the child's status when it exits on its own (its exit code, or 128 + signal number).
 
     Must run in the main thread (signal handlers). Raises ``OSError`` (``FileNotFoundError``,
-    ``PermissionError``) when the command cannot be started, at boot or at a restart. A stop signal
-    (SIGTERM, SIGINT, SIGQUIT) that comes during a restart is forwarded to the stopping child and no new
-    child is started: the status of the stopped child is returned. When ``changes`` ends or fails, the
-    child keeps running unwatched (a failure is logged).
+    ``PermissionError``) when the command cannot be started, at boot or at a restart. After SIGTERM or
+    SIGINT no new child is started: one that comes during a restart is forwarded to the stopping child and
+    the status of that child is returned; a change that comes after one is not acted on (the child may be
+    shutting down). When ``changes`` ends or fails, the child keeps running unwatched (a failure is logged).
+
     """
     loop = asyncio.get_running_loop()
     supervisor = _Supervisor(command, grace_seconds)
@@ -208,8 +219,6 @@ async def _run(
     changes: AsyncIterator[Mapping[str, str]],
     on_change: OnChange,
 ) -> int:
-    if supervisor.stop_signal is not None:  # came before the first start
-        return SIGNAL_EXIT_BASE + supervisor.stop_signal
     child = await supervisor.start(env)
     exited: asyncio.Task[int] = asyncio.create_task(supervisor.wait(child))
     changed: asyncio.Task[Mapping[str, str]] | None = asyncio.create_task(_next(changes))
@@ -232,6 +241,15 @@ async def _run(
                 continue
             except Exception:
                 log.exception("watching the secrets failed; %s keeps running unwatched", supervisor.name)
+                changed = None
+                continue
+            if supervisor.stop_signal is not None:
+                log.info(
+                    "secrets changed, but %s (pid %d) is stopping (%s): not restarted, no longer watched",
+                    supervisor.name,
+                    child.pid,
+                    supervisor.stop_signal.name,
+                )
                 changed = None
                 continue
             log.info(
