@@ -59,7 +59,14 @@ from gtc_secrets.settings import (
     plain_http_warning,
 )
 from gtc_secrets.supervisor import EXIT_SECRETS_CHANGED, OnChange, supervise
-from gtc_secrets.vault import TLSConfigError, TokenFileError, VaultError, VaultTLSError, VaultUnavailable
+from gtc_secrets.vault import (
+    TLSConfigError,
+    TokenFileError,
+    VaultError,
+    VaultTLSError,
+    VaultUnavailable,
+    WorkerVault,
+)
 from gtc_secrets.watch import VaultWatcher
 
 log = logging.getLogger("gtc_secrets")
@@ -264,11 +271,12 @@ async def exec_watched(
 ) -> int:
     """Resolve (keeping the versions), start the command as a child, restart it on a new version."""
     refs = list(plan.references.values())
-    vault = backend.client() if isinstance(backend, VaultBackend) and refs else None
+    vault: WorkerVault | None = None
     try:
-        if vault is not None:
-            watcher = VaultWatcher(vault, refs, interval=watch.interval)
-            with _resolve_errors():
+        if isinstance(backend, VaultBackend) and refs:
+            with _resolve_errors():  # the client loads VAULT_CACERT: a bad one is exit 3, as without a watch
+                vault = backend.client()
+                watcher = VaultWatcher(vault, refs, interval=watch.interval)
                 values = await watcher.boot(timeout=settings.boot_timeout)
 
             def build(new: Mapping[SecretRef, SecretValue]) -> dict[str, str]:

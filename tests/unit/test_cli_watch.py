@@ -214,6 +214,16 @@ def test_a_missing_secret_at_boot_starts_nothing(
     assert not marker.exists()
 
 
+def test_a_ca_bundle_that_does_not_load_is_a_configuration_error(
+    tmp_path: Path, token_file: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The real transport loads VAULT_CACERT when the watch's client is made: exit 3 naming the file,
+    as exec without --watch does, and nothing is started."""
+    environ = vault_environ(token_file, VAULT_CACERT=str(tmp_path / "no-ca.pem"))
+    assert cli.main(["exec", "--watch", "10", "--", "gtc-never-started"], environ) == 3
+    assert f"VAULT_CACERT {tmp_path / 'no-ca.pem'}: cannot load the CA bundle" in capfd.readouterr().err
+
+
 def test_the_dev_store_is_supervised_without_checks(
     tmp_path: Path, child: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
