@@ -6,14 +6,13 @@ fire on the object as it will be (``/mutate``, controllers) or as it was sent (`
 ``admission.py`` turns the verdict into the AdmissionReview response and the audit record.
 
 Messages and warnings name fields, containers and variables, never a value from the object: env values
-and secret contents must not reach logs, audit lines or the client. Names taken from the object are
-shown through ``_show`` (ASCII, shortened), because the object may not come from the API server.
+and secret contents must not reach logs, audit lines or the client. The object is read, and names taken
+from it are shown, only through ``object_reader.py``, because the object may not come from the API server.
 """
 
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +29,20 @@ from gtc_admission.config import (
     NamespaceBinding,
     Selectors,
     TokenSettings,
+)
+from gtc_admission.object_reader import (
+    InvalidObject,
+    container_name,
+    effective_service_account,
+    field_path,
+    metadata_of,
+    object_list,
+    optional_object,
+    optional_string,
+    required_object,
+    short_warning,
+    show,
+    spec_of,
 )
 from gtc_admission.patch import Edit, ListEdit, SetMember
 from gtc_admission.review import ReviewRequest
@@ -52,22 +65,6 @@ _PREFIXES: Final[Mapping[tuple[str, ...], str]] = {
 POD_CONTAINER_LISTS: Final = ("containers", "initContainers")  # what the worker mutation touches
 ALL_CONTAINER_LISTS: Final = ("containers", "initContainers", "ephemeralContainers")
 SUBRESOURCE_EPHEMERAL: Final = "ephemeralcontainers"
-
-# Kubernetes shows admission warnings to the user; keep each one short and plain ASCII.
-MAX_WARNING_LENGTH: Final = 120
-_NAME_IN_WARNING: Final = 24
-_NAME_IN_MESSAGE: Final = 63
-_UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+=-]")
-_NON_ASCII = re.compile(r"[^\x20-\x7e]")
-
-
-class InvalidObject(Exception):
-    """The object under review has the wrong shape at ``path`` (never raised for the request itself)."""
-
-    def __init__(self, path: str, expected: str) -> None:
-        super().__init__(f"{path}: expected {expected}")
-        self.path = path
-        self.expected = expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,77 +124,6 @@ class WorkerPlan:
 AS_SENT: Final = WorkerPlan((), ())  # no patch: the rules judge the pod as it was sent
 
 
-# --- Small readers: the object may be anything, so every access is type-checked. ------------------------
-
-
-def _show(value: object, limit: int = _NAME_IN_MESSAGE) -> str:
-    text = _UNSAFE.sub("?", value) if isinstance(value, str) and value else "?"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _warning(rule: str, text: str) -> str:
-    line = _NON_ASCII.sub("?", f"{rule}: {text}")
-    return line if len(line) <= MAX_WARNING_LENGTH else line[: MAX_WARNING_LENGTH - 3] + "..."
-
-
-# The same, for the rules that live in modules of their own (secret_object.py).
-show = _show
-short_warning = _warning
-
-
-# The readers take the field path in parts and join them only for an error: paths are built for every
-# entry of every container, and formatting them eagerly would dominate the cost of a decision.
-
-
-def _where(path: tuple[object, ...]) -> str:
-    return "".join(str(part) for part in path)
-
-
-def _mapping(value: object, *path: object) -> Mapping[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise InvalidObject(_where(path), "an object")
-    return value
-
-
-def _object(value: object, *path: object) -> Mapping[str, Any]:
-    """An object that must be there (the caller has seen it is not None)."""
-    if not isinstance(value, dict):
-        raise InvalidObject(_where(path), "an object")
-    return value
-
-
-def _dicts(value: object, *path: object) -> list[Mapping[str, Any]]:
-    """A list of objects; missing or null is an empty list."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise InvalidObject(_where(path), "a list")
-    for item in value:
-        if not isinstance(item, dict):
-            index = next(i for i, entry in enumerate(value) if not isinstance(entry, dict))
-            raise InvalidObject(f"{_where(path)}[{index}]", "an object")
-    return value
-
-
-def _string(value: object, *path: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise InvalidObject(_where(path), "a string")
-
-
-def _metadata(root: Mapping[str, Any], prefix: str) -> Mapping[str, Any] | None:
-    return _mapping(root.get("metadata"), prefix, "metadata")
-
-
-def _spec(root: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
-    spec = _mapping(root.get("spec"), prefix, "spec")
-    if spec is None:
-        raise InvalidObject(f"{prefix}spec", "an object")
-    return spec
-
-
 def being_deleted(obj: Mapping[str, Any]) -> bool:
     metadata = obj.get("metadata")
     return isinstance(metadata, dict) and bool(metadata.get("deletionTimestamp"))
@@ -220,17 +146,6 @@ def _matches(labels: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
     return True
 
 
-def effective_service_account(spec: Mapping[str, Any], prefix: str) -> tuple[str, str | None]:
-    """The ServiceAccount the pod runs as, and the deprecated alias as sent.
-
-    As in the API server's conversion, ``serviceAccountName`` wins and the alias ``serviceAccount`` only
-    counts when the name is empty.
-    """
-    name = _string(spec.get("serviceAccountName"), prefix, "spec.serviceAccountName")
-    alias = _string(spec.get("serviceAccount"), prefix, "spec.serviceAccount")
-    return name or alias or "", alias
-
-
 # --- dev-secret-reference ----------------------------------------------------------------------------
 
 
@@ -251,48 +166,50 @@ def forbidden_references(
         return found
 
     def check(value: object, *path: object) -> None:
-        name = _string(value, *path)
+        name = optional_string(value, *path)
         if name is not None and name in forbidden:
-            found.append((_where(path), name))
+            found.append((field_path(path), name))
 
     # The "is not None" guards keep the common case (no valueFrom, no secret volume) free of calls.
     for list_name in ALL_CONTAINER_LISTS:
         listed = spec.get(list_name)
         if listed is None:
             continue
-        for ci, container in enumerate(_dicts(listed, prefix, "spec.", list_name)):
+        for ci, container in enumerate(object_list(listed, prefix, "spec.", list_name)):
             at = (prefix, "spec.", list_name, "[", ci, "]")
             env = container.get("env")
             if env is not None:
-                for ei, entry in enumerate(_dicts(env, *at, ".env")):
+                for ei, entry in enumerate(object_list(env, *at, ".env")):
                     value_from = entry.get("valueFrom")
                     if value_from is None or (replaced_env and (list_name, ci, ei) in replaced_env):
                         continue
                     where = (*at, ".env[", ei, "].valueFrom")
-                    ref = _mapping(_object(value_from, *where).get("secretKeyRef"), *where, ".secretKeyRef")
+                    ref = optional_object(
+                        required_object(value_from, *where).get("secretKeyRef"), *where, ".secretKeyRef"
+                    )
                     if ref is not None:
                         check(ref.get("name"), *where, ".secretKeyRef.name")
             env_from = container.get("envFrom")
             if env_from is not None:
-                for fi, source in enumerate(_dicts(env_from, *at, ".envFrom")):
+                for fi, source in enumerate(object_list(env_from, *at, ".envFrom")):
                     secret_ref = source.get("secretRef")
                     if secret_ref is not None:
-                        ref = _object(secret_ref, *at, ".envFrom[", fi, "].secretRef")
+                        ref = required_object(secret_ref, *at, ".envFrom[", fi, "].secretRef")
                         check(ref.get("name"), *at, ".envFrom[", fi, "].secretRef.name")
     volumes = spec.get("volumes")
     if volumes is not None:
-        for vi, volume in enumerate(_dicts(volumes, prefix, "spec.volumes")):
+        for vi, volume in enumerate(object_list(volumes, prefix, "spec.volumes")):
             secret = volume.get("secret")
             projected = volume.get("projected")
             if (secret is None and projected is None) or vi in replaced_volumes:
                 continue
             vat = (prefix, "spec.volumes[", vi, "]")
             if secret is not None:
-                check(_object(secret, *vat, ".secret").get("secretName"), *vat, ".secret.secretName")
+                check(required_object(secret, *vat, ".secret").get("secretName"), *vat, ".secret.secretName")
             if projected is not None:
-                sources = _object(projected, *vat, ".projected").get("sources")
-                for si, source in enumerate(_dicts(sources, *vat, ".projected.sources")):
-                    ref = _mapping(source.get("secret"), *vat, ".projected.sources[", si, "].secret")
+                sources = required_object(projected, *vat, ".projected").get("sources")
+                for si, source in enumerate(object_list(sources, *vat, ".projected.sources")):
+                    ref = optional_object(source.get("secret"), *vat, ".projected.sources[", si, "].secret")
                     if ref is not None:
                         check(ref.get("name"), *vat, ".projected.sources[", si, "].secret.name")
     return found
@@ -305,7 +222,7 @@ def _dev_secret_finding(refs: list[tuple[str, str]]) -> Finding:
     return Finding(
         rule=c.RULE_DEV_SECRET_REFERENCE,
         message=f"references forbidden Secret {names} at {', '.join(paths)}",
-        warning=_warning(c.RULE_DEV_SECRET_REFERENCE, f"{names} referenced at {paths[0]}{more}"),
+        warning=short_warning(c.RULE_DEV_SECRET_REFERENCE, f"{names} referenced at {paths[0]}{more}"),
     )
 
 
@@ -436,10 +353,6 @@ def _is_token_volume(volume: Mapping[str, Any], settings: WorkerSettings) -> boo
     )
 
 
-def _container_name(container: Mapping[str, Any]) -> str:
-    return _show(container.get("name"), _NAME_IN_WARNING)
-
-
 def _placement(mount_path: str, directory: str) -> Literal["at", "inside"] | None:
     """Where a container's mount lands relative to the token folder: on it, inside it, or elsewhere.
 
@@ -468,7 +381,7 @@ def plan_worker(
 
     effective, alias = effective_service_account(spec, prefix)
     volumes_value = spec.get("volumes")
-    volumes = _dicts(volumes_value, prefix, "spec.volumes")
+    volumes = object_list(volumes_value, prefix, "spec.volumes")
     # The API token the ServiceAccount plugin mounted while the pod was on "default" goes, with its mounts:
     # a worker's only token is the Vault one (api_token.py says why and how it is recognised).
     api_volumes = api_access_volumes(spec, volumes)
@@ -482,7 +395,7 @@ def plan_worker(
 
     for list_name in POD_CONTAINER_LISTS:
         list_path = f"{prefix}spec.{list_name}"
-        for ci, container in enumerate(_dicts(spec.get(list_name), list_path)):
+        for ci, container in enumerate(object_list(spec.get(list_name), list_path)):
             where = f"{list_path}[{ci}]"
             at: tuple[str, str, int] = ("spec", list_name, ci)
             replaced = _plan_env(
@@ -521,13 +434,13 @@ def plan_worker(
             )
         )
 
-    metadata = _metadata(root, prefix)
+    metadata = metadata_of(root, prefix)
     if metadata is None:
         edits.append(
             SetMember((), "metadata", {"annotations": {c.ANNOTATION_SECRETS_BACKEND: c.BACKEND_VAULT}})
         )
     else:
-        annotations = _mapping(metadata.get("annotations"), prefix, "metadata.annotations")
+        annotations = optional_object(metadata.get("annotations"), prefix, "metadata.annotations")
         if annotations is None:
             edits.append(
                 SetMember(("metadata",), "annotations", {c.ANNOTATION_SECRETS_BACKEND: c.BACKEND_VAULT})
@@ -559,7 +472,7 @@ def _plan_env(
     env_value = container.get("env")
     replace: list[tuple[int, Any]] = []
     seen: set[str] = set()
-    for ei, entry in enumerate(_dicts(env_value, where, ".env")):
+    for ei, entry in enumerate(object_list(env_value, where, ".env")):
         name = entry.get("name")
         if not isinstance(name, str):
             raise InvalidObject(f"{where}.env[{ei}].name", "a string")
@@ -569,7 +482,7 @@ def _plan_env(
             # valueFrom counts as setting it: a ConfigMap must not point the token at another server.
             if entry.get("value") != configured or entry.get("valueFrom") is not None:
                 replace.append((ei, {"name": name, "value": configured}))
-                overrides.append(Override(f"{where}.env[{ei}]", _container_name(container), name))
+                overrides.append(Override(f"{where}.env[{ei}]", container_name(container), name))
         elif name in settings.identity:
             seen.add(name)  # a different value is tenant-mismatch (a denial), never silently rewritten
     if seen:
@@ -599,11 +512,11 @@ def _plan_mount(
     replace: list[tuple[int, Any]] = []
     remove: list[int] = []
     present = False
-    for mi, mount in enumerate(_dicts(mounts_value, where, ".volumeMounts")):
+    for mi, mount in enumerate(object_list(mounts_value, where, ".volumeMounts")):
         if drop and isinstance(mount.get("name"), str) and mount["name"] in drop:
             remove.append(mi)  # its volume goes: a mount of a missing volume would make the pod invalid
             continue
-        path = _string(mount.get("mountPath"), where, ".volumeMounts[", mi, "].mountPath")
+        path = optional_string(mount.get("mountPath"), where, ".volumeMounts[", mi, "].mountPath")
         placement = None if path is None else _placement(path, settings.mount_dir)
         if placement is None:
             continue
@@ -614,7 +527,7 @@ def _plan_mount(
             overrides.append(
                 Override(
                     f"{where}.volumeMounts[{mi}]",
-                    _container_name(container),
+                    container_name(container),
                     f"mount inside {settings.mount_dir}",
                     removed=True,
                 )
@@ -628,7 +541,7 @@ def _plan_mount(
             overrides.append(
                 Override(
                     f"{where}.volumeMounts[{mi}]",
-                    _container_name(container),
+                    container_name(container),
                     f"mount at {settings.mount_dir}",
                 )
             )
@@ -658,7 +571,7 @@ def _override_finding(override: Override, phase: Literal["mutate", "validate", "
     return Finding(
         rule=c.RULE_VAULT_SETTINGS_OVERRIDE,
         message=f"{subject} {outcome} ({override.where})",
-        warning=_warning(c.RULE_VAULT_SETTINGS_OVERRIDE, f"{subject} {outcome}"),
+        warning=short_warning(c.RULE_VAULT_SETTINGS_OVERRIDE, f"{subject} {outcome}"),
         blocking=False,
     )
 
@@ -679,7 +592,7 @@ def deny_rules(
     """The deny rules on one pod (or template): dev-secret-reference, worker-service-account,
     tenant-mismatch, worker-api-token, router-badge; on the pod as it will be after the ``planned`` worker
     patch."""
-    spec = _spec(root, prefix)
+    spec = spec_of(root, prefix)
     findings: list[Finding] = []
     refs = forbidden_references(
         spec,
@@ -696,7 +609,7 @@ def deny_rules(
         if planned.service_account is not None:
             effective = planned.service_account
         if effective != badge:
-            shown = _show(effective) if effective else "(none)"
+            shown = show(effective) if effective else "(none)"
             hint = (
                 " (was the mutating webhook skipped?)"
                 if validating_pod and effective in ("", c.DEFAULT_SERVICE_ACCOUNT)
@@ -706,7 +619,7 @@ def deny_rules(
                 Finding(
                     rule=c.RULE_WORKER_SERVICE_ACCOUNT,
                     message=f"a worker must run as ServiceAccount {badge}, not {shown}{hint}",
-                    warning=_warning(
+                    warning=short_warning(
                         c.RULE_WORKER_SERVICE_ACCOUNT, f"a worker must run as {badge}, not {shown}"
                     ),
                 )
@@ -721,7 +634,7 @@ def deny_rules(
                 Finding(
                     rule=c.RULE_ROUTER_BADGE,
                     message=f"the router must not run as ServiceAccount {badge} (the worker's badge)",
-                    warning=_warning(c.RULE_ROUTER_BADGE, f"the router must not run as {badge}"),
+                    warning=short_warning(c.RULE_ROUTER_BADGE, f"the router must not run as {badge}"),
                 )
             )
     return findings
@@ -730,7 +643,7 @@ def deny_rules(
 def _api_token_findings(spec: Mapping[str, Any], prefix: str, planned: WorkerPlan) -> list[Finding]:
     """worker-api-token: the ServiceAccount plugin's API-token volume, where the patch does not remove it
     (a /validate of a pod the mutating webhook did not see, or that another webhook gave it again)."""
-    volumes = _dicts(spec.get("volumes"), prefix, "spec.volumes")
+    volumes = object_list(spec.get("volumes"), prefix, "spec.volumes")
     carried = [
         (index, name)
         for index, name in api_access_volumes(spec, volumes).items()
@@ -744,10 +657,10 @@ def _api_token_findings(spec: Mapping[str, Any], prefix: str, planned: WorkerPla
         Finding(
             rule=c.RULE_WORKER_API_TOKEN,
             message=(
-                f"a worker must not carry the Kubernetes API token (volume {_show(name)} at {where}); "
+                f"a worker must not carry the Kubernetes API token (volume {show(name)} at {where}); "
                 "its only token is the Vault one, unless the pod sets automountServiceAccountToken: true"
             ),
-            warning=_warning(c.RULE_WORKER_API_TOKEN, f"a worker must not carry API token {_show(name)}"),
+            warning=short_warning(c.RULE_WORKER_API_TOKEN, f"a worker must not carry API token {show(name)}"),
         )
     ]
 
@@ -762,9 +675,9 @@ def _tenant_mismatches(spec: Mapping[str, Any], prefix: str, settings: WorkerSet
     findings: list[Finding] = []
     for list_name in POD_CONTAINER_LISTS:
         list_path = f"{prefix}spec.{list_name}"
-        for ci, container in enumerate(_dicts(spec.get(list_name), list_path)):
+        for ci, container in enumerate(object_list(spec.get(list_name), list_path)):
             where = f"{list_path}[{ci}]"
-            for ei, entry in enumerate(_dicts(container.get("env"), where, ".env")):
+            for ei, entry in enumerate(object_list(container.get("env"), where, ".env")):
                 name = entry.get("name")
                 expected = settings.identity.get(name) if isinstance(name, str) else None
                 if expected is None:
@@ -772,12 +685,14 @@ def _tenant_mismatches(spec: Mapping[str, Any], prefix: str, settings: WorkerSet
                 # valueFrom cannot be checked here: fail closed, as for a literal other value.
                 if entry.get("value") == expected and entry.get("valueFrom") is None:
                     continue
-                subject = f"container {_container_name(container)}: {name}"
+                subject = f"container {container_name(container)}: {name}"
                 findings.append(
                     Finding(
                         rule=c.RULE_TENANT_MISMATCH,
                         message=f"{subject} does not match the namespace binding ({where}.env[{ei}])",
-                        warning=_warning(c.RULE_TENANT_MISMATCH, f"{subject} does not match the namespace"),
+                        warning=short_warning(
+                            c.RULE_TENANT_MISMATCH, f"{subject} does not match the namespace"
+                        ),
                     )
                 )
     return findings
@@ -790,7 +705,7 @@ def not_ready_finding() -> Finding:
     return Finding(
         rule=c.RULE_BINDINGS_NOT_READY,
         message="namespace bindings are not loaded yet; retry in a few seconds",
-        warning=_warning(c.RULE_BINDINGS_NOT_READY, "namespace bindings not loaded yet; retry"),
+        warning=short_warning(c.RULE_BINDINGS_NOT_READY, "namespace bindings not loaded yet; retry"),
         code=503,
     )
 
@@ -799,21 +714,21 @@ def unknown_pack_finding(
     namespace: str, binding: NamespaceBinding, env: Environment | None, refused: str = "worker pods are"
 ) -> Finding:
     if env is None:
-        env_name = _show(binding.env)
-        text = f"namespace {_show(namespace)} is bound to environment {env_name}, which is not configured"
+        env_name = show(binding.env)
+        text = f"namespace {show(namespace)} is bound to environment {env_name}, which is not configured"
     else:
-        text = f"environment {_show(env.name)} uses unknown secrets pack {_show(env.secrets_pack)}"
+        text = f"environment {show(env.name)} uses unknown secrets pack {show(env.secrets_pack)}"
     return Finding(
         rule=c.RULE_UNKNOWN_SECRETS_PACK,
         message=f"{text}; {refused} refused there",
-        warning=_warning(c.RULE_UNKNOWN_SECRETS_PACK, text),
+        warning=short_warning(c.RULE_UNKNOWN_SECRETS_PACK, text),
     )
 
 
 def invalid_object_finding(error: InvalidObject) -> Finding:
     text = f"{error.path}: expected {error.expected}"
     return Finding(
-        rule=c.RULE_INVALID_OBJECT, message=text, warning=_warning(c.RULE_INVALID_OBJECT, text), code=422
+        rule=c.RULE_INVALID_OBJECT, message=text, warning=short_warning(c.RULE_INVALID_OBJECT, text), code=422
     )
 
 
@@ -839,7 +754,7 @@ def _scope(request: ReviewRequest) -> tuple[Scope, tuple[str, ...]] | None:
 def _template(obj: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]:
     node: Mapping[str, Any] = obj
     for depth, key in enumerate(path):
-        child = _mapping(node.get(key), ".".join(path[: depth + 1]))
+        child = optional_object(node.get(key), ".".join(path[: depth + 1]))
         if child is None:
             raise InvalidObject(".".join(path[: depth + 1]), "an object")
         node = child
@@ -878,8 +793,12 @@ def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: B
     try:
         root = _template(obj, path)
         prefix = _PREFIXES[path]
-        metadata = _metadata(root, prefix)
-        labels = _mapping(metadata.get("labels"), prefix, "metadata.labels") if metadata is not None else None
+        metadata = metadata_of(root, prefix)
+        labels = (
+            optional_object(metadata.get("labels"), prefix, "metadata.labels")
+            if metadata is not None
+            else None
+        )
         component = classify(labels or {}, config.selectors)
         if binding is None:
             # The cluster cache has not synced: a worker cannot be judged (retriable), the others pass.
@@ -895,7 +814,7 @@ def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: B
             return Verdict(component=component, binding=binding, enforcement=enforcement)
 
         if kind == "ephemeral":
-            refs = forbidden_references(_spec(root, prefix), config.forbidden_secrets, prefix)
+            refs = forbidden_references(spec_of(root, prefix), config.forbidden_secrets, prefix)
             findings = (_dev_secret_finding(refs),) if refs else ()
             return Verdict(findings, (), component, binding, enforcement)
 
@@ -903,7 +822,7 @@ def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: B
         plan = AS_SENT
         if component == c.COMPONENT_WORKER:
             settings = worker_settings(env, binding, config.vault_token)
-            plan = plan_worker(root, _spec(root, prefix), prefix, settings, config.service_account)
+            plan = plan_worker(root, spec_of(root, prefix), prefix, settings, config.service_account)
         validating_pod = kind == "pod" and not mutating
         # /validate of a Pod judges it as sent; the others as it will be after the patch.
         phase: Literal["mutate", "validate", "template"] = (
