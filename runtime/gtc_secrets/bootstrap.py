@@ -78,6 +78,7 @@ from gtc_secrets.bootstrap_target import target_from_args as target_from_args
 from gtc_secrets.bootstrap_vault import HvacVaultAdmin
 from gtc_secrets.bootstrap_vault import VaultAdmin as VaultAdmin
 from gtc_secrets.bootstrap_vault import run as run
+from gtc_secrets.settings import is_plain_http, plain_http_warning
 
 # Same exit codes as the rest of the CLI (see gtc_secrets.cli).
 EXIT_OK: Final = 0
@@ -134,6 +135,9 @@ def command(
     except UsageError as exc:
         print(f"{prefix} {exc}", file=stderr)
         return EXIT_USAGE
+    if is_plain_http(connection.addr):
+        warning = plain_http_warning(connection.addr, "the operator's VAULT_TOKEN")
+        print(f"gtc-secrets {COMMAND}: warning: {warning}", file=stderr)
     vault = admin_factory(connection)
     try:
         run(vault, target, dry_run=bool(args.dry_run), out=stdout)

@@ -18,6 +18,7 @@ from typing import Final
 
 from gtc_secrets import constants as c
 from gtc_secrets.refs import check_scope_segment
+from gtc_secrets.settings import SettingsError, parse_vault_endpoint
 
 DEFAULT_SERVICE_ACCOUNT: Final = "gtc-worker"
 DEFAULT_AUDIENCE: Final = "vault"
@@ -256,17 +257,21 @@ def target_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Ta
 
 
 def connection_from_environ(environ: Mapping[str, str]) -> Connection:
-    addr = environ.get(c.ENV_VAULT_ADDR) or ""
-    if not addr.startswith("https://") or len(addr) <= len("https://"):
-        # The admin token travels with every request: never over plain HTTP.
+    """VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT. The admin token travels with every request, so the address
+    follows the runtime's rule: https://, or plain http only with GREENTIC_VAULT_INSECURE_HTTP=true (the
+    Vault the workers of such an environment use must be bootstrapped too)."""
+    if not environ.get(c.ENV_VAULT_ADDR):
         raise UsageError(f"{c.ENV_VAULT_ADDR} must be set to an https:// URL")
+    try:
+        addr, ca = parse_vault_endpoint(environ)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
     token = environ.get(c.ENV_VAULT_TOKEN) or ""
     if not token:
         raise UsageError(f"{c.ENV_VAULT_TOKEN} is not set (bootstrap needs an operator token)")
-    ca = environ.get(c.ENV_VAULT_CACERT) or None
-    if ca is not None and not Path(ca).is_file():
+    if ca is not None and not ca.is_file():
         raise UsageError(f"{c.ENV_VAULT_CACERT}={ca}: no such file")
-    return Connection(addr=addr.rstrip("/"), token=token, ca_cert=Path(ca) if ca else None)
+    return Connection(addr=addr, token=token, ca_cert=ca)
 
 
 def _read_text(path: str, flag: str) -> str:
