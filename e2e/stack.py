@@ -105,7 +105,7 @@ def gtc_admission_certs(out: Path, dns: tuple[str, ...], ips: tuple[str, ...] = 
 
 def prepare_deploy(workdir: Path, layout: Layout) -> Path:
     """A copy of deploy/ with fresh certificates for the demo Vault and the webhook, and the Vault's CA
-    where the example namespace makes its CA ConfigMap from (the README's install step)."""
+    where the example namespace makes its CA ConfigMap from (docs/install.md, step 5)."""
     copy = workdir / "deploy"
     shutil.copytree(DEPLOY, copy, ignore=ignore_generated)
     gtc_admission_certs(copy / layout.vault_tls, layout.vault_dns, layout.vault_ips)

@@ -18,15 +18,15 @@ What it makes sure of (and nothing else):
   audience, its own policy only (no ``default`` policy) and a short token TTL.
 
 The design: read the current state (I/O), compute the changes with pure functions (``plan``), print them,
-and apply them unless ``--dry-run`` (I/O). A second run finds nothing to change and says so.
+and apply them unless ``--dry-run`` (I/O). A second run finds nothing to change and says so. Each part has
+a module of its own:
 
-``auth/<mount>/config`` is special: a write replaces the whole config, and a read never returns the
-``token_reviewer_jwt`` (only ``token_reviewer_jwt_set``). So the config is rewritten from what Vault
-returns plus what the flags give; when something must change while a reviewer JWT is set and
-``--token-reviewer-jwt`` is not given, bootstrap stops with an error instead of dropping it. A given
-``--token-reviewer-jwt`` cannot be compared with the stored one: it is written when Vault has none (or
-the config is rewritten anyway, or with ``--replace-token-reviewer-jwt``), and otherwise left as is, which
-the output says.
+- ``bootstrap_target.py``: the flags and the environment, checked before any I/O, into a ``Target``;
+- ``bootstrap_plan.py``: the pure plan (mounts, the transit key, the policy and role of each grant, the
+  auth config and how its reviewer JWT is kept);
+- ``bootstrap_vault.py``: the I/O edge (read the state over hvac, print and apply the steps);
+- this module: the subcommand (its flags, exit codes, and how Vault's errors are reported). It re-exports
+  the names its callers use (tests, the benchmark), so ``from gtc_secrets import bootstrap`` reaches them.
 
 Credentials: ``VAULT_ADDR`` / ``VAULT_TOKEN`` (+ ``VAULT_CACERT``). Neither the token nor the reviewer
 JWT is ever printed.
@@ -36,19 +36,49 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final, Literal, Protocol, TextIO, TypeVar
+from typing import Final, TextIO, TypeVar
 
-import hvac
 import hvac.exceptions
 import requests
 
 from gtc_secrets import constants as c
-from gtc_secrets.refs import check_scope_segment
+
+# The names its callers (tests, bench) read from here are imported "as" themselves: mypy --strict
+# re-exports only those, and this module stays the one they import.
+# ruff: noqa: PLC0414
+from gtc_secrets.bootstrap_plan import BootstrapError as BootstrapError
+from gtc_secrets.bootstrap_plan import Step as Step
+from gtc_secrets.bootstrap_plan import VaultState as VaultState
+from gtc_secrets.bootstrap_plan import Write as Write
+from gtc_secrets.bootstrap_plan import plan as plan
+from gtc_secrets.bootstrap_plan import plan_auth_mount as plan_auth_mount
+from gtc_secrets.bootstrap_plan import plan_k8s_config as plan_k8s_config
+from gtc_secrets.bootstrap_plan import plan_kv_mount as plan_kv_mount
+from gtc_secrets.bootstrap_plan import plan_policy as plan_policy
+from gtc_secrets.bootstrap_plan import plan_role as plan_role
+from gtc_secrets.bootstrap_plan import plan_transit_key as plan_transit_key
+from gtc_secrets.bootstrap_plan import plan_transit_mount as plan_transit_mount
+from gtc_secrets.bootstrap_plan import render_policy as render_policy
+from gtc_secrets.bootstrap_plan import summary as summary
+from gtc_secrets.bootstrap_target import DEFAULT_AUDIENCE as DEFAULT_AUDIENCE
+from gtc_secrets.bootstrap_target import DEFAULT_SERVICE_ACCOUNT as DEFAULT_SERVICE_ACCOUNT
+from gtc_secrets.bootstrap_target import (
+    DEFAULT_TOKEN_MAX_TTL,
+    DEFAULT_TOKEN_TTL,
+    UsageError,
+    connection_from_environ,
+)
+from gtc_secrets.bootstrap_target import Connection as Connection
+from gtc_secrets.bootstrap_target import Grant as Grant
+from gtc_secrets.bootstrap_target import Target as Target
+from gtc_secrets.bootstrap_target import parse_duration as parse_duration
+from gtc_secrets.bootstrap_target import target_from_args as target_from_args
+from gtc_secrets.bootstrap_vault import HvacVaultAdmin
+from gtc_secrets.bootstrap_vault import VaultAdmin as VaultAdmin
+from gtc_secrets.bootstrap_vault import run as run
+from gtc_secrets.settings import is_plain_http, plain_http_warning
 
 # Same exit codes as the rest of the CLI (see gtc_secrets.cli).
 EXIT_OK: Final = 0
@@ -58,702 +88,6 @@ EXIT_CONFIG: Final = 3
 EXIT_UNAVAILABLE: Final = 4
 
 COMMAND: Final = "bootstrap"
-DEFAULT_SERVICE_ACCOUNT: Final = "gtc-worker"
-DEFAULT_AUDIENCE: Final = "vault"
-# Short-lived worker tokens: the runtime logs in again (re-reading its ServiceAccount token) before expiry.
-DEFAULT_TOKEN_TTL: Final = "15m"  # noqa: S105 - a duration, not a password
-DEFAULT_TOKEN_MAX_TTL: Final = "1h"  # noqa: S105 - a duration, not a password
-# Longer than this is not a "short" token any more; refuse rather than silently cap.
-MAX_TOKEN_TTL_SECONDS: Final = 24 * 3600
-
-TRANSIT_KEY_TYPE: Final = "aes256-gcm96"
-KV_VERSION: Final = "2"
-K8S_AUTH_TYPE: Final = "kubernetes"
-KV_TYPE: Final = "kv"
-TRANSIT_TYPE: Final = "transit"
-
-# What `auth/<mount>/config` answers but must not be written back.
-K8S_CONFIG_READ_ONLY: Final = frozenset({"token_reviewer_jwt_set"})
-K8S_HOST: Final = "kubernetes_host"
-K8S_CA: Final = "kubernetes_ca_cert"
-# A field name, not a credential.
-K8S_REVIEWER_JWT: Final = "token_reviewer_jwt"
-
-# Kubernetes object names: a namespace is an RFC 1123 label, a ServiceAccount an RFC 1123 subdomain.
-_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_MOUNT: Final = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
-_DURATION: Final = re.compile(r"(\d+)([smh]?)")
-_DURATION_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600}
-_JWT: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-
-
-class UsageError(ValueError):
-    """A flag or environment variable is invalid; found before any I/O."""
-
-
-class BootstrapError(RuntimeError):
-    """Vault's current state conflicts with what bootstrap must set up; nothing is guessed."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Settings: read once from flags and environment, checked before any I/O.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Grant:
-    """One policy and the role of the same name: the namespaces whose workers may read which teams."""
-
-    name: str
-    namespaces: tuple[str, ...]
-    # The teams whose secrets the policy reads (own team first, then the shared team); None: every team
-    # of the tenant (the tenant-wide role of installs made before per-team roles).
-    teams: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Target:
-    """What the operator asked for: one env + tenant and how its workers reach Vault."""
-
-    env: str
-    tenant: str
-    # Namespaces of the tenant-wide role; empty when only per-team roles are asked for.
-    namespaces: tuple[str, ...]
-    # (team, its namespaces), sorted by team: one policy and role per team.
-    teams: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    shared_team: str = c.DEFAULT_SHARED_TEAM
-    service_account: str = DEFAULT_SERVICE_ACCOUNT
-    audience: str = DEFAULT_AUDIENCE
-    token_ttl: int = 15 * 60
-    token_max_ttl: int = 60 * 60
-    k8s_mount: str = c.DEFAULT_K8S_MOUNT
-    kv_mount: str = c.DEFAULT_KV_MOUNT
-    kv_prefix: str = c.DEFAULT_KV_PREFIX
-    transit_mount: str = c.DEFAULT_TRANSIT_MOUNT
-    kubernetes_host: str | None = None
-    kubernetes_ca_pem: str | None = None
-    # A credential: never in a repr, a log line or the output.
-    token_reviewer_jwt: str | None = field(default=None, repr=False)
-    replace_token_reviewer_jwt: bool = False
-
-    @property
-    def name(self) -> str:
-        """The transit key and the tenant-wide policy and role share this name (the webhook's default role
-        template)."""
-        return c.role_name(self.env, self.tenant)
-
-    @property
-    def tenant_grant(self) -> Grant:
-        return Grant(self.name, self.namespaces)
-
-    @property
-    def grants(self) -> tuple[Grant, ...]:
-        """The policy + role pairs to manage, tenant-wide first (when asked for), then one per team."""
-        teams = tuple(
-            Grant(
-                c.team_role_name(self.env, self.tenant, team),
-                namespaces,
-                # dict.fromkeys: the shared team's own role reads one team, not the same one twice.
-                tuple(dict.fromkeys((team, self.shared_team))),
-            )
-            for team, namespaces in self.teams
-        )
-        return ((self.tenant_grant,) if self.namespaces else ()) + teams
-
-
-@dataclass(frozen=True)
-class Connection:
-    addr: str
-    token: str = field(repr=False)
-    ca_cert: Path | None = None
-
-
-def parse_duration(value: str, flag: str) -> int:
-    """Seconds in ``900``, ``900s``, ``15m`` or ``1h``."""
-    match = _DURATION.fullmatch(value.strip())
-    if not match:
-        raise UsageError(f"{flag} {value!r} is not a duration like 900s, 15m or 1h")
-    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def check_namespace(value: str, flag: str = "--namespace") -> str:
-    if "*" in value:
-        # Vault would read "*" as "every namespace": the opposite of binding a tenant's namespaces.
-        raise UsageError(f"{flag} '*' is refused: bind the tenant's namespaces by name")
-    if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
-        raise UsageError(f"{flag} {value!r} is not a Kubernetes namespace name (RFC 1123 label)")
-    return value
-
-
-def parse_teams(values: Sequence[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """``--team TEAM=NS[,NS...]`` flags as (team, sorted namespaces), sorted by team; a repeated team
-    adds namespaces. A namespace may belong to one team only: Vault cannot tell which role a worker is
-    meant to use, so a namespace bound to two team roles would let its workers read both teams."""
-    teams: dict[str, set[str]] = {}
-    for value in values:
-        team, sep, listed = value.partition("=")
-        try:
-            check_scope_segment(team, "--team")
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if not sep or not listed:
-            raise UsageError(
-                f"--team {value!r}: name the team's namespaces: --team {team}=NS or --team {team}=NS1,NS2"
-            )
-        namespaces = teams.setdefault(team, set())
-        namespaces.update(check_namespace(ns, f"--team {team}") for ns in listed.split(","))
-    owner: dict[str, str] = {}
-    for team, namespaces in sorted(teams.items()):
-        for namespace in sorted(namespaces):
-            if namespace in owner:
-                raise UsageError(
-                    f"--team: namespace {namespace} is given for teams {owner[namespace]} and {team}; its "
-                    "workers could log in with either role and read both teams' secrets"
-                )
-            owner[namespace] = team
-    return tuple((team, tuple(sorted(namespaces))) for team, namespaces in sorted(teams.items()))
-
-
-def check_service_account(value: str) -> str:
-    if "*" in value:
-        raise UsageError("--service-account '*' is refused: bind the worker ServiceAccount by name")
-    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
-        raise UsageError(f"--service-account {value!r} is not a Kubernetes ServiceAccount name")
-    return value
-
-
-def check_mount(value: str, name: str) -> str:
-    mount = value.strip("/")
-    if not _MOUNT.fullmatch(mount):
-        raise UsageError(f"{name}={value!r} must be a path of [A-Za-z0-9_-] segments")
-    return mount
-
-
-def check_kubernetes_host(value: str) -> str:
-    # Vault sends the reviewer JWT to this host: plain HTTP would leak it.
-    if not value.startswith("https://") or len(value) <= len("https://") or any(ch.isspace() for ch in value):
-        raise UsageError(f"--kubernetes-host {value!r} must be an https:// URL")
-    return value.rstrip("/")
-
-
-def check_ca_pem(text: str, source: str) -> str:
-    if "-----BEGIN CERTIFICATE-----" not in text:
-        raise UsageError(f"--kubernetes-ca {source}: no PEM certificate in the file")
-    return text.strip() + "\n"
-
-
-def check_reviewer_jwt(text: str, source: str) -> str:
-    token = text.strip()
-    if not _JWT.fullmatch(token):
-        # The content is a credential: say what is wrong, never show it.
-        raise UsageError(f"--token-reviewer-jwt {source}: the file does not hold one JWT")
-    return token
-
-
-def target_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Target:
-    """Check every flag (and the mount env vars) and read the files the flags name. No Vault I/O."""
-    try:
-        env = check_scope_segment(args.env, "--env")
-        tenant = check_scope_segment(args.tenant, "--tenant")
-        shared_team = check_scope_segment(args.shared_team, "--shared-team")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    namespaces = tuple(sorted({check_namespace(ns) for ns in args.namespace or ()}))
-    teams = parse_teams(args.team or ())
-    if not namespaces and not teams:
-        raise UsageError(
-            "give --team TEAM=NS[,NS...] (one role per team, recommended) or --namespace NS "
-            "(one tenant-wide role)"
-        )
-    service_account = check_service_account(args.service_account)
-    audience = args.audience.strip()
-    if not audience or "*" in audience or any(ch.isspace() for ch in audience):
-        raise UsageError(f"--audience {args.audience!r} must be one non-empty audience, without '*'")
-    ttl = parse_duration(args.token_ttl, "--token-ttl")
-    max_ttl = parse_duration(args.token_max_ttl, "--token-max-ttl")
-    if not 0 < ttl <= max_ttl <= MAX_TOKEN_TTL_SECONDS:
-        raise UsageError(
-            f"token TTLs must satisfy 0 < --token-ttl ({ttl}s) <= --token-max-ttl ({max_ttl}s) "
-            f"<= {MAX_TOKEN_TTL_SECONDS}s"
-        )
-    if args.replace_token_reviewer_jwt and args.token_reviewer_jwt is None:
-        raise UsageError("--replace-token-reviewer-jwt needs --token-reviewer-jwt FILE")
-    return Target(
-        env=env,
-        tenant=tenant,
-        namespaces=namespaces,
-        teams=teams,
-        shared_team=shared_team,
-        service_account=service_account,
-        audience=audience,
-        token_ttl=ttl,
-        token_max_ttl=max_ttl,
-        k8s_mount=check_mount(
-            environ.get(c.ENV_VAULT_K8S_MOUNT) or c.DEFAULT_K8S_MOUNT, c.ENV_VAULT_K8S_MOUNT
-        ),
-        kv_mount=check_mount(environ.get(c.ENV_VAULT_KV_MOUNT) or c.DEFAULT_KV_MOUNT, c.ENV_VAULT_KV_MOUNT),
-        kv_prefix=check_mount(
-            environ.get(c.ENV_VAULT_KV_PREFIX) or c.DEFAULT_KV_PREFIX, c.ENV_VAULT_KV_PREFIX
-        ),
-        transit_mount=check_mount(
-            environ.get(c.ENV_VAULT_TRANSIT_MOUNT) or c.DEFAULT_TRANSIT_MOUNT, c.ENV_VAULT_TRANSIT_MOUNT
-        ),
-        kubernetes_host=check_kubernetes_host(args.kubernetes_host) if args.kubernetes_host else None,
-        kubernetes_ca_pem=(
-            check_ca_pem(_read_text(args.kubernetes_ca, "--kubernetes-ca"), args.kubernetes_ca)
-            if args.kubernetes_ca
-            else None
-        ),
-        token_reviewer_jwt=(
-            check_reviewer_jwt(
-                _read_text(args.token_reviewer_jwt, "--token-reviewer-jwt"), args.token_reviewer_jwt
-            )
-            if args.token_reviewer_jwt
-            else None
-        ),
-        replace_token_reviewer_jwt=bool(args.replace_token_reviewer_jwt),
-    )
-
-
-def connection_from_environ(environ: Mapping[str, str]) -> Connection:
-    addr = environ.get(c.ENV_VAULT_ADDR) or ""
-    if not addr.startswith("https://") or len(addr) <= len("https://"):
-        # The admin token travels with every request: never over plain HTTP.
-        raise UsageError(f"{c.ENV_VAULT_ADDR} must be set to an https:// URL")
-    token = environ.get(c.ENV_VAULT_TOKEN) or ""
-    if not token:
-        raise UsageError(f"{c.ENV_VAULT_TOKEN} is not set (bootstrap needs an operator token)")
-    ca = environ.get(c.ENV_VAULT_CACERT) or None
-    if ca is not None and not Path(ca).is_file():
-        raise UsageError(f"{c.ENV_VAULT_CACERT}={ca}: no such file")
-    return Connection(addr=addr.rstrip("/"), token=token, ca_cert=Path(ca) if ca else None)
-
-
-def _read_text(path: str, flag: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UsageError(f"{flag} {path}: cannot read ({reason})") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Current state and the plan (pure).
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VaultState:
-    """What bootstrap reads from Vault, as Vault answers it (``None``: does not exist)."""
-
-    auth_mounts: Mapping[str, Mapping[str, Any]]
-    secret_mounts: Mapping[str, Mapping[str, Any]]
-    k8s_config: Mapping[str, Any] | None
-    transit_key: Mapping[str, Any] | None
-    policies: Mapping[str, str]  # name -> rules (HCL), for the names bootstrap manages that exist
-    roles: Mapping[str, Mapping[str, Any]]  # name -> role, likewise
-
-
-Verb = Literal["create", "update", "unchanged"]
-
-
-@dataclass(frozen=True)
-class Write:
-    """One Vault write: POST ``/v1/<path>`` with ``data`` (which may hold a credential: no repr)."""
-
-    path: str
-    data: Mapping[str, Any] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Step:
-    verb: Verb
-    subject: str
-    details: tuple[str, ...] = ()
-    writes: tuple[Write, ...] = ()
-
-    def describe(self, *, dry_run: bool) -> str:
-        suffix = f" ({'; '.join(self.details)})" if self.details else ""
-        if self.verb == "unchanged":
-            return f"unchanged: {self.subject}{suffix}"
-        verb = {"create": "created", "update": "updated"}[self.verb]
-        if dry_run:
-            verb = {"create": "would create", "update": "would update"}[self.verb]
-        return f"{verb} {self.subject}{suffix}"
-
-
-MANAGED_HEADER: Final = "# Managed by gtc-secrets bootstrap: "
-
-
-def _rule(path: str, capability: str) -> str:
-    return f'path "{path}" {{\n  capabilities = ["{capability}"]\n}}\n'
-
-
-def render_policy(target: Target, grant: Grant | None = None) -> str:
-    """A grant's read-only policy (HCL); the tenant-wide one by default. Nothing but these paths."""
-    grant = grant or target.tenant_grant
-    decrypt = _rule(f"{target.transit_mount}/decrypt/{target.name}", "update")
-    tenant = f"{target.kv_prefix}/{target.env}/{target.tenant}"
-    if grant.teams is None:
-        return (
-            f"{MANAGED_HEADER}workers of env {target.env}, tenant {target.tenant}.\n"
-            "# Read their envelopes, unwrap data keys with their tenant's transit key; nothing else.\n"
-            + _rule(f"{target.kv_mount}/data/{tenant}/*", "read")
-            + "\n"
-            + decrypt
-        )
-    # Metadata (versions, never values) of the same paths: a worker may check which version it holds.
-    reads = [
-        _rule(f"{target.kv_mount}/{kind}/{tenant}/{team}/*", "read")
-        for kind in ("data", "metadata")
-        for team in grant.teams
-    ]
-    return (
-        f"{MANAGED_HEADER}workers of env {target.env}, tenant {target.tenant}, team {grant.teams[0]}.\n"
-        f"# Read the envelopes of their team and of the shared team {target.shared_team}, unwrap data keys "
-        "with their tenant's transit key; nothing else.\n" + "\n".join([*reads, decrypt])
-    )
-
-
-def desired_role(target: Target, grant: Grant | None = None) -> dict[str, Any]:
-    grant = grant or target.tenant_grant
-    return {
-        "bound_service_account_names": [target.service_account],
-        "bound_service_account_namespaces": list(grant.namespaces),
-        "audience": target.audience,
-        "token_policies": [grant.name],
-        # "Exactly its own policy": the default policy's token self-management is not needed, since
-        # the runtime logs in again instead of renewing.
-        "token_no_default_policy": True,
-        "token_ttl": target.token_ttl,
-        "token_max_ttl": target.token_max_ttl,
-    }
-
-
-def _mount_key(mount: str) -> str:
-    return f"{mount}/"
-
-
-def plan_auth_mount(auth_mounts: Mapping[str, Mapping[str, Any]], target: Target) -> Step:
-    subject = f"auth method {_mount_key(target.k8s_mount)} ({K8S_AUTH_TYPE})"
-    current = auth_mounts.get(_mount_key(target.k8s_mount))
-    if current is None:
-        return Step(
-            "create", subject, writes=(Write(f"sys/auth/{target.k8s_mount}", {"type": K8S_AUTH_TYPE}),)
-        )
-    if current.get("type") != K8S_AUTH_TYPE:
-        raise BootstrapError(
-            f"auth/{target.k8s_mount}/ is a {current.get('type')!r} auth method, not {K8S_AUTH_TYPE!r}: "
-            f"set {c.ENV_VAULT_K8S_MOUNT} to another path"
-        )
-    return Step("unchanged", subject)
-
-
-def plan_kv_mount(secret_mounts: Mapping[str, Mapping[str, Any]], target: Target) -> Step:
-    subject = f"secrets engine {_mount_key(target.kv_mount)} (kv-v2)"
-    current = secret_mounts.get(_mount_key(target.kv_mount))
-    if current is None:
-        return Step(
-            "create",
-            subject,
-            writes=(
-                Write(f"sys/mounts/{target.kv_mount}", {"type": KV_TYPE, "options": {"version": KV_VERSION}}),
-            ),
-        )
-    kind = current.get("type")
-    options = current.get("options") or {}
-    version = str(options.get("version", "1")) if isinstance(options, Mapping) else "1"
-    if kind == KV_TYPE and version == KV_VERSION:
-        return Step("unchanged", subject)
-    if kind in (KV_TYPE, "generic"):
-        raise BootstrapError(
-            f"{_mount_key(target.kv_mount)} is a KV version {version} mount; bootstrap does not upgrade it "
-            "(an upgrade rewrites every entry and changes its API paths). Upgrade it yourself "
-            f"(sys/mounts/{target.kv_mount}/tune options version=2) "
-            f"or set {c.ENV_VAULT_KV_MOUNT} to another path"
-        )
-    raise BootstrapError(
-        f"{_mount_key(target.kv_mount)} is a {kind!r} secrets engine, not KV version 2: "
-        f"set {c.ENV_VAULT_KV_MOUNT} to another path"
-    )
-
-
-def plan_transit_mount(secret_mounts: Mapping[str, Mapping[str, Any]], target: Target) -> Step:
-    subject = f"secrets engine {_mount_key(target.transit_mount)} ({TRANSIT_TYPE})"
-    current = secret_mounts.get(_mount_key(target.transit_mount))
-    if current is None:
-        return Step(
-            "create", subject, writes=(Write(f"sys/mounts/{target.transit_mount}", {"type": TRANSIT_TYPE}),)
-        )
-    if current.get("type") != TRANSIT_TYPE:
-        raise BootstrapError(
-            f"{_mount_key(target.transit_mount)} is a {current.get('type')!r} secrets engine, not transit: "
-            f"set {c.ENV_VAULT_TRANSIT_MOUNT} to another path"
-        )
-    return Step("unchanged", subject)
-
-
-def plan_transit_key(key: Mapping[str, Any] | None, target: Target) -> Step:
-    subject = f"transit key {target.transit_mount}/keys/{target.name}"
-    path = f"{target.transit_mount}/keys/{target.name}"
-    if key is None:
-        return Step(
-            "create",
-            subject,
-            details=(TRANSIT_KEY_TYPE, "not exportable", "deletion not allowed"),
-            writes=(
-                Write(path, {"type": TRANSIT_KEY_TYPE, "exportable": False, "allow_plaintext_backup": False}),
-            ),
-        )
-    if key.get("type") != TRANSIT_KEY_TYPE:
-        raise BootstrapError(
-            f"{subject} exists with type {key.get('type')!r}, not {TRANSIT_KEY_TYPE!r}; a key's type cannot "
-            "change: rotate the tenant onto a new key by hand"
-        )
-    # Vault cannot take these back once granted: the key material may already have left Vault.
-    for flag in ("exportable", "allow_plaintext_backup"):
-        if key.get(flag):
-            raise BootstrapError(
-                f"{subject} has {flag}=true, which Vault cannot revoke; the key may have been exported. "
-                "Create a new key and re-seed the tenant's secrets"
-            )
-    if key.get("deletion_allowed"):
-        return Step(
-            "update",
-            subject,
-            details=("deletion_allowed: true -> false",),
-            writes=(Write(f"{path}/config", {"deletion_allowed": False}),),
-        )
-    return Step("unchanged", subject)
-
-
-def plan_policy(current: str | None, target: Target, grant: Grant | None = None) -> Step:
-    grant = grant or target.tenant_grant
-    subject = f"policy {grant.name}"
-    policy = render_policy(target, grant)
-    write = Write(f"sys/policies/acl/{grant.name}", {"policy": policy})
-    if current is None:
-        return Step("create", subject, writes=(write,))
-    theirs, ours = current.strip().partition("\n")[0], policy.partition("\n")[0]
-    if theirs.startswith(MANAGED_HEADER) and theirs != ours:
-        # Names are joined with "-": tenant acme team core, tenant acme-core both are gtc-prod-acme-core;
-        # rewriting the other scope's policy would cut its workers off: stop before any write.
-        raise BootstrapError(
-            f"{subject} is managed by bootstrap for another scope ({theirs.removeprefix(MANAGED_HEADER)}): "
-            "the names of two scopes collide; choose another team or tenant name"
-        )
-    if current.strip() != policy.strip():
-        kind = "tenant" if grant.teams is None else "team"
-        return Step(
-            "update", subject, details=(f"rules differ from the read-only {kind} policy",), writes=(write,)
-        )
-    return Step("unchanged", subject)
-
-
-def _same(current: Any, desired: Any) -> bool:
-    if isinstance(desired, list):
-        return isinstance(current, list) and sorted(map(str, current)) == sorted(map(str, desired))
-    return bool(current == desired)
-
-
-def plan_role(current: Mapping[str, Any] | None, target: Target, grant: Grant | None = None) -> Step:
-    grant = grant or target.tenant_grant
-    subject = f"role {grant.name} (auth/{target.k8s_mount})"
-    desired = desired_role(target, grant)
-    write = Write(f"auth/{target.k8s_mount}/role/{grant.name}", desired)
-    if current is None:
-        return Step("create", subject, writes=(write,))
-    changed = tuple(key for key, value in desired.items() if not _same(current.get(key), value))
-    if changed:
-        return Step("update", subject, details=changed, writes=(write,))
-    return Step("unchanged", subject)
-
-
-def _normalise_pem(text: Any) -> str:
-    return "\n".join(line.strip() for line in str(text or "").strip().splitlines())
-
-
-def plan_k8s_config(current: Mapping[str, Any] | None, target: Target) -> Step:
-    """Rewrite ``auth/<mount>/config`` only when needed, keeping every field already set.
-
-    A write replaces the whole config, so the payload is what Vault returned plus the given flags. The
-    reviewer JWT is never returned; see the module docstring for how it is kept.
-    """
-    subject = f"auth/{target.k8s_mount}/config"
-    path = f"auth/{target.k8s_mount}/config"
-    jwt = target.token_reviewer_jwt
-    if current is None:
-        if target.kubernetes_host is None:
-            raise BootstrapError(f"{subject} is not configured yet: --kubernetes-host is required")
-        data: dict[str, Any] = {K8S_HOST: target.kubernetes_host}
-        details = [K8S_HOST]
-        if target.kubernetes_ca_pem is not None:
-            data[K8S_CA] = target.kubernetes_ca_pem
-            details.append(K8S_CA)
-        if jwt is not None:
-            data[K8S_REVIEWER_JWT] = jwt
-            details.append(K8S_REVIEWER_JWT)
-        return Step("create", subject, details=tuple(details), writes=(Write(path, data),))
-
-    data = {key: value for key, value in current.items() if key not in K8S_CONFIG_READ_ONLY}
-    changed: list[str] = []
-    if (
-        target.kubernetes_host is not None
-        and str(current.get(K8S_HOST) or "").rstrip("/") != target.kubernetes_host
-    ):
-        data[K8S_HOST] = target.kubernetes_host
-        changed.append(K8S_HOST)
-    if target.kubernetes_ca_pem is not None and _normalise_pem(current.get(K8S_CA)) != _normalise_pem(
-        target.kubernetes_ca_pem
-    ):
-        data[K8S_CA] = target.kubernetes_ca_pem
-        changed.append(K8S_CA)
-    jwt_is_set = bool(current.get("token_reviewer_jwt_set"))
-    notes: list[str] = []
-    if jwt is not None:
-        if not jwt_is_set:
-            changed.append(K8S_REVIEWER_JWT)
-        elif target.replace_token_reviewer_jwt:
-            changed.append(f"{K8S_REVIEWER_JWT} replaced")
-        elif changed:
-            notes.append(f"{K8S_REVIEWER_JWT} written again from --token-reviewer-jwt")
-        else:
-            notes.append(
-                f"{K8S_REVIEWER_JWT} is set; Vault never returns it, so it was not compared with "
-                "--token-reviewer-jwt (add --replace-token-reviewer-jwt to write it)"
-            )
-        if changed:
-            data[K8S_REVIEWER_JWT] = jwt
-    elif changed and jwt_is_set:
-        raise BootstrapError(
-            f"{subject}: {', '.join(changed)} must change, but a write replaces the whole config and Vault "
-            f"does not return the {K8S_REVIEWER_JWT} that is set, so it would be dropped. "
-            "Pass --token-reviewer-jwt FILE again"
-        )
-    if not changed:
-        return Step("unchanged", subject, details=tuple(notes))
-    return Step("update", subject, details=tuple(changed + notes), writes=(Write(path, data),))
-
-
-def plan_tenant_role_left(roles: Mapping[str, Mapping[str, Any]], target: Target) -> list[Step]:
-    """With per-team roles only, an existing tenant-wide role is left as it is (bootstrap never deletes),
-    but said: as long as it exists, the workers of its namespaces may still read every team."""
-    if target.namespaces or target.name not in roles:
-        return []
-    note = (
-        "tenant-wide: workers of its namespaces can still read every team; "
-        f"delete it once they use per-team roles (auth/{target.k8s_mount}/role/{target.name})"
-    )
-    return [Step("unchanged", f"role {target.name} (auth/{target.k8s_mount})", details=(note,))]
-
-
-def plan(state: VaultState, target: Target) -> list[Step]:
-    """Every step, in the order they must be applied (mounts, key, policies before the roles using them)."""
-    grants = target.grants
-    return [
-        plan_auth_mount(state.auth_mounts, target),
-        plan_kv_mount(state.secret_mounts, target),
-        plan_transit_mount(state.secret_mounts, target),
-        plan_transit_key(state.transit_key, target),
-        *(plan_policy(state.policies.get(grant.name), target, grant) for grant in grants),
-        plan_k8s_config(state.k8s_config, target),
-        *(plan_role(state.roles.get(grant.name), target, grant) for grant in grants),
-        *plan_tenant_role_left(state.roles, target),
-    ]
-
-
-def summary(steps: Sequence[Step], target: Target, *, dry_run: bool) -> str:
-    changes = sum(step.verb != "unchanged" for step in steps)
-    scope = f"env {target.env}, tenant {target.tenant}"
-    if target.teams:
-        scope += f", team{'s' if len(target.teams) > 1 else ''} {', '.join(team for team, _ in target.teams)}"
-    if changes == 0:
-        return f"nothing to change: Vault is already bootstrapped for {scope}"
-    if dry_run:
-        return f"dry run: {changes} change(s) for {scope} not applied"
-    return f"bootstrapped {scope}: {changes} change(s)"
-
-
-# ---------------------------------------------------------------------------------------------
-# I/O edge: read the state, apply the writes.
-# ---------------------------------------------------------------------------------------------
-
-
-class VaultAdmin(Protocol):
-    def read(self, path: str) -> Mapping[str, Any] | None:
-        """GET /v1/<path>: the JSON answer, or None when Vault answers 404."""
-
-    def write(self, path: str, data: Mapping[str, Any]) -> None:
-        """POST /v1/<path> with ``data``."""
-
-
-class HvacVaultAdmin:
-    """VaultAdmin over hvac, with the admin token given explicitly (never hvac's env or ~/.vault-token)."""
-
-    def __init__(self, connection: Connection, *, timeout: float = 10.0) -> None:
-        verify: str | bool = str(connection.ca_cert) if connection.ca_cert is not None else True
-        self._client = hvac.Client(
-            url=connection.addr, token=connection.token, verify=verify, timeout=timeout
-        )
-
-    def read(self, path: str) -> Mapping[str, Any] | None:
-        answer = self._client.read(path)
-        return answer if isinstance(answer, Mapping) else None
-
-    def write(self, path: str, data: Mapping[str, Any]) -> None:
-        self._client.write_data(path, data=dict(data))
-
-    def close(self) -> None:
-        self._client.adapter.close()
-
-
-def _data(answer: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    if answer is None:
-        return None
-    data = answer.get("data")
-    return data if isinstance(data, Mapping) else None
-
-
-def read_state(vault: VaultAdmin, target: Target) -> VaultState:
-    """Everything ``plan`` needs; a path that does not exist (yet) reads as None or is left out."""
-    names = [grant.name for grant in target.grants]
-    policies: dict[str, str] = {}
-    for name in names:
-        policy = _data(vault.read(f"sys/policies/acl/{name}"))
-        if policy is not None and "policy" in policy:
-            policies[name] = str(policy["policy"])
-    roles: dict[str, Mapping[str, Any]] = {}
-    # The tenant-wide role also when only teams are managed: plan says it is still there.
-    for name in dict.fromkeys([*names, target.name]):
-        role = _data(vault.read(f"auth/{target.k8s_mount}/role/{name}"))
-        if role is not None:
-            roles[name] = role
-    return VaultState(
-        auth_mounts=_data(vault.read("sys/auth")) or {},
-        secret_mounts=_data(vault.read("sys/mounts")) or {},
-        k8s_config=_data(vault.read(f"auth/{target.k8s_mount}/config")),
-        transit_key=_data(vault.read(f"{target.transit_mount}/keys/{target.name}")),
-        policies=policies,
-        roles=roles,
-    )
-
-
-def run(vault: VaultAdmin, target: Target, *, dry_run: bool, out: TextIO) -> list[Step]:
-    """Read, plan, print each step, and (unless ``dry_run``) apply it. Returns the steps."""
-    steps = plan(read_state(vault, target), target)
-    for step in steps:
-        if not dry_run:
-            for write in step.writes:
-                vault.write(write.path, write.data)
-        print(step.describe(dry_run=dry_run), file=out, flush=True)
-    print(summary(steps, target, dry_run=dry_run), file=out, flush=True)
-    return steps
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI.
-# ---------------------------------------------------------------------------------------------
 
 AdminFactory = Callable[[Connection], VaultAdmin]
 
@@ -801,6 +135,9 @@ def command(
     except UsageError as exc:
         print(f"{prefix} {exc}", file=stderr)
         return EXIT_USAGE
+    if is_plain_http(connection.addr):
+        warning = plain_http_warning(connection.addr, "the operator's VAULT_TOKEN")
+        print(f"gtc-secrets {COMMAND}: warning: {warning}", file=stderr)
     vault = admin_factory(connection)
     try:
         run(vault, target, dry_run=bool(args.dry_run), out=stdout)

@@ -179,7 +179,12 @@ async def test_a_running_worker_keeps_resolving_through_a_vault_restart(
     unreachable = [c for c in transport.calls if c.status is None and down_at <= c.at <= up_at + 1]
     assert unreachable, "no call met the restart"
     assert any(down_at <= t <= up_at + RESOLVE_TIMEOUT for t in retry_log.times)
-    assert any(r.started < up_at < r.finished for r in resolutions), "no resolution waited for Vault"
+    # A resolution met the outage (a call of its own found Vault unreachable) and still finished. Not
+    # "spans up_at": restart() returns only after its own health checks, and a retrying worker can be
+    # done before that.
+    assert any(any(r.started <= c.at <= r.finished for c in unreachable) for r in resolutions), (
+        "no resolution waited for Vault"
+    )
     # It logged in again after the restart, and resolved with the new token.
     assert vault.logins > logins_before
     relogins = [c for c in transport.calls if c.path == PATHS.login() and c.status == 200 and c.at > up_at]

@@ -15,6 +15,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -45,7 +46,7 @@ from gtc_secrets.vault import (
     WorkerVault,
     make_ssl_context,
 )
-from tests.integration.conftest import Bootstrapped
+from tests.integration.conftest import ENV, TENANTS, Bootstrapped, bootstrap_args
 from tests.integration.test_exec import GTC_SECRETS, base_environ, run_exec
 
 pytestmark = pytest.mark.integration
@@ -698,3 +699,38 @@ def test_plain_http_without_the_flag_is_refused_before_any_io(
     assert bootstrapped.openbao.audit_entries()[since:] == []
     assert bootstrapped.reviewer.reviews == reviews
     assert CANARY not in result.stdout + result.stderr
+
+
+def test_bootstrap_follows_the_same_rule_for_a_plain_http_vault(
+    bootstrapped: Bootstrapped, tmp_path: Path
+) -> None:
+    """An operator can bootstrap a plain-http Vault only with GREENTIC_VAULT_INSECURE_HTTP=true: then the
+    console script works (a second run changes nothing) and warns that the admin token travels unencrypted;
+    without it, exit 2 naming the variable and nothing reaches Vault."""
+    openbao = bootstrapped.openbao
+    http_addr = openbao.server.http_addr
+    admin = {**openbao.admin_environ(), "VAULT_ADDR": http_addr}
+    del admin["VAULT_CACERT"]
+    args = bootstrap_args(ENV, "acme", [TENANTS["acme"]], bootstrapped.reviewer, tmp_path / "files")
+
+    def bootstrap(environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(GTC_SECRETS), "bootstrap", *args],
+            env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), **environ},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    since = len(openbao.audit_entries())
+    refused = bootstrap(admin)
+    assert refused.returncode == 2, refused.stderr
+    assert "GREENTIC_VAULT_INSECURE_HTTP=true" in refused.stderr
+    assert openbao.audit_entries()[since:] == []
+
+    done = bootstrap({**admin, "GREENTIC_VAULT_INSECURE_HTTP": "true"})
+    assert done.returncode == 0, done.stderr
+    assert "nothing to change" in done.stdout
+    assert f"VAULT_ADDR {http_addr} is plain http" in done.stderr
+    assert openbao.root_token not in done.stdout + done.stderr + refused.stderr

@@ -1,9 +1,10 @@
 """A cluster that ran the old deployer before the webhook was installed, loaded into the API stand-in.
 
-Used by the audit tests, the README's audit output and the audit benchmark. Objects look as the API server
-stores them: controllers own what they create (``ownerReferences`` with ``controller: true``), pods of a
-ReplicaSet are named after it, and a "patched" pod is exactly what the webhook's patch makes of the
-unpatched one (built with the offline review, so it cannot drift from the webhook).
+Used by the audit tests, the audit outputs of the README and docs/audit.md, and the audit benchmark.
+Objects look as the API server stores them: controllers own what they create (``ownerReferences`` with
+``controller: true``), pods of a ReplicaSet are named after it, and a "patched" pod is exactly what the
+webhook's patch makes of the unpatched one (built with the offline review, so it cannot drift from the
+webhook).
 
 With the example config (deploy/webhook/config.yaml): acme-prod is bound statically (env prod, Vault,
 deny), beta-prod by its labels (env prod), acme-dev to the dev store; kube-system to nothing.
@@ -126,7 +127,7 @@ def patched(pod: dict[str, Any], config: Config, binding: NamespaceBinding | Non
 
 
 def load_legacy_cluster(api: KubeApiStandIn, config: Config) -> None:
-    """The scenario of the README's audit section (see the module docstring for the bindings)."""
+    """The scenario of the audit outputs in the README and docs/audit.md (bindings: module docstring)."""
     api.add_namespace("acme-prod", {"kubernetes.io/metadata.name": "acme-prod"})
     api.add_namespace("beta-prod", {c.LABEL_ENV: BETA.env, c.LABEL_TENANT: BETA.tenant})
     api.add_namespace("acme-dev")

@@ -442,6 +442,23 @@ def test_bad_env_or_tenant_is_refused(flag: str, value: str) -> None:
     [
         ({"VAULT_TOKEN": CANARY_TOKEN}, "VAULT_ADDR must be set to an https:// URL"),
         ({"VAULT_ADDR": "http://127.0.0.1:8200", "VAULT_TOKEN": CANARY_TOKEN}, "https://"),
+        (
+            {
+                "VAULT_ADDR": "http://127.0.0.1:8200",
+                "VAULT_TOKEN": CANARY_TOKEN,
+                "GREENTIC_VAULT_INSECURE_HTTP": "1",
+            },
+            "GREENTIC_VAULT_INSECURE_HTTP",
+        ),
+        (
+            {
+                "VAULT_ADDR": "http://127.0.0.1:8200",
+                "VAULT_TOKEN": CANARY_TOKEN,
+                "GREENTIC_VAULT_INSECURE_HTTP": "true",
+                "VAULT_CACERT": "/etc/hostname",
+            },
+            "nothing would be verified",
+        ),
         ({"VAULT_ADDR": "https://127.0.0.1:8200"}, "VAULT_TOKEN is not set"),
         (
             {**ENVIRON, "VAULT_CACERT": "/nonexistent/ca.pem"},

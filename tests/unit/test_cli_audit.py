@@ -364,12 +364,25 @@ def test_audit_config_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "config error" in capsys.readouterr().err
 
 
-def _readme_block(after: str, fence: str) -> str:
-    """The first ```fence block after the line ``after`` in the README's audit section."""
-    text = (EXAMPLE_CONFIG.parents[2] / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Auditing what already runs (audit)", 1)[1]
-    rest = section.split(after + "\n```\n\n```" + fence + "\n", 1)[1]
+ROOT = EXAMPLE_CONFIG.parents[2]
+
+
+def _block(text: str, after: str, fence: str) -> str:
+    """The first ```fence block that follows the ```sh block holding only the line ``after``."""
+    rest = text.split(after + "\n```\n\n```" + fence + "\n", 1)[1]
     return rest.split("\n```\n", 1)[0] + "\n"
+
+
+def _readme_block(after: str, fence: str) -> str:
+    """That block in the README's audit section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return _block(text.split("## Auditing what already runs (audit)", 1)[1], after, fence)
+
+
+def _reference_block(after: str, fence: str) -> str:
+    """That block in docs/audit.md's real output."""
+    text = (ROOT / "docs" / "audit.md").read_text(encoding="utf-8")
+    return _block(text.split("## Examples (real output)", 1)[1], after, fence)
 
 
 def _without_run_values(document: Any) -> Any:
@@ -384,12 +397,15 @@ def _without_run_values(document: Any) -> Any:
 def test_readme_shows_real_output(
     cluster: KubeApiStandIn, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The README's audit outputs are what the command prints for the legacy cluster (uids, times aside)."""
+    """The README's audit output and docs/audit.md's are what the command prints for the legacy cluster
+    (uids, times aside)."""
     command = "gtc-admission audit --config deploy/webhook/config.yaml"
-    assert audit(capsys, caplog)[1] == _readme_block(command, "text")
+    _, out, _ = audit(capsys, caplog, "--namespace", "beta-prod")
+    assert out == _readme_block(command + " --namespace beta-prod", "text")
+    assert audit(capsys, caplog)[1] == _reference_block(command, "text")
     _, out, _ = audit(capsys, caplog, "-o", "json", "--namespace", "beta-prod")
-    shown = _readme_block(command + " -o json --namespace beta-prod", "json")
+    shown = _reference_block(command + " -o json --namespace beta-prod", "json")
     assert _without_run_values(json.loads(out)) == _without_run_values(json.loads(shown))
     _, out, _ = audit(capsys, caplog, "-o", "policyreport", "--namespace", "beta-prod")
-    shown = _readme_block(command + " -o policyreport --namespace beta-prod", "yaml")
+    shown = _reference_block(command + " -o policyreport --namespace beta-prod", "yaml")
     assert _without_run_values(yaml.safe_load(out)) == _without_run_values(yaml.safe_load(shown))

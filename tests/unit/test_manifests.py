@@ -91,7 +91,7 @@ def deploy_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root / "overlays" / "self-managed-ca" / "tls",
     )
     write_certificates(generate_certificates(VAULT_DNS_NAMES, ["127.0.0.1"]), root / "vault" / "tls")
-    # The install step that hands the demo Vault's CA to the example worker namespace (README, step 5).
+    # docs/install.md, step 5: the demo Vault's CA handed to the example worker namespace.
     shutil.copy(root / "vault" / "tls" / "ca.crt", root / "examples" / "acme-prod" / "tls" / "ca.crt")
     return root
 

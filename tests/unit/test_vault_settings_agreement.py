@@ -11,7 +11,7 @@ import pytest
 
 from gtc_admission import constants as webhook_constants
 from gtc_admission.config import load_config, parse_config
-from gtc_admission.policy import worker_settings
+from gtc_admission.worker_mutation import worker_settings
 from gtc_secrets import bootstrap
 from gtc_secrets.settings import RuntimeSettings, SettingsError
 

@@ -1,38 +1,53 @@
 """The admission rules, pure: a parsed review, the config and a binding source in; a ``Verdict`` out.
 
 No I/O and no knowledge of HTTP. ``judge`` decides which object is under review (a Pod, or the pod template
-of a workload controller), which namespace binding applies, what the worker mutation is, and which rules
-fire on the object as it will be (``/mutate``, controllers) or as it was sent (``/validate`` of a Pod).
+of a workload controller), which namespace binding applies, what the worker mutation is (planned by
+``worker_mutation.py``), and which rules fire on the object as it will be (``/mutate``, controllers) or as
+it was sent (``/validate`` of a Pod). This module holds the rules and their findings: the deny rules on a
+pod, vault-settings-override from the planned mutation, and the findings not about the pod's content.
 ``admission.py`` turns the verdict into the AdmissionReview response and the audit record.
 
 Messages and warnings name fields, containers and variables, never a value from the object: env values
-and secret contents must not reach logs, audit lines or the client. Names taken from the object are
-shown through ``_show`` (ASCII, shortened), because the object may not come from the API server.
+and secret contents must not reach logs, audit lines or the client. The object is read, and names taken
+from it are shown, only through ``object_reader.py``, because the object may not come from the API server.
 """
 
 from __future__ import annotations
 
-import posixpath
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Final, Literal
 
 from gtc_admission import constants as c
 from gtc_admission.api_token import api_access_volumes
 from gtc_admission.bindings import BindingSource
-from gtc_admission.config import (
-    CAConfigMap,
-    Config,
-    Enforcement,
-    Environment,
-    NamespaceBinding,
-    Selectors,
-    TokenSettings,
+from gtc_admission.config import Config, Enforcement, Environment, NamespaceBinding, Selectors
+from gtc_admission.object_reader import (
+    InvalidObject,
+    container_name,
+    effective_service_account,
+    field_path,
+    metadata_of,
+    object_list,
+    optional_object,
+    optional_string,
+    required_object,
+    short_warning,
+    show,
+    spec_of,
 )
-from gtc_admission.patch import Edit, ListEdit, SetMember
+from gtc_admission.patch import Edit
 from gtc_admission.review import ReviewRequest
+from gtc_admission.worker_mutation import (
+    AS_SENT,
+    POD_CONTAINER_LISTS,
+    EnvIndex,
+    Override,
+    WorkerPlan,
+    WorkerSettings,
+    plan_worker,
+    worker_settings,
+)
 
 Component = Literal["worker", "router", "other"]
 
@@ -49,25 +64,8 @@ CONTROLLER_TEMPLATES: Final[Mapping[tuple[str, str], tuple[str, ...]]] = {
 _PREFIXES: Final[Mapping[tuple[str, ...], str]] = {
     path: "".join(f"{key}." for key in path) for path in ((), *CONTROLLER_TEMPLATES.values())
 }
-POD_CONTAINER_LISTS: Final = ("containers", "initContainers")  # what the worker mutation touches
 ALL_CONTAINER_LISTS: Final = ("containers", "initContainers", "ephemeralContainers")
 SUBRESOURCE_EPHEMERAL: Final = "ephemeralcontainers"
-
-# Kubernetes shows admission warnings to the user; keep each one short and plain ASCII.
-MAX_WARNING_LENGTH: Final = 120
-_NAME_IN_WARNING: Final = 24
-_NAME_IN_MESSAGE: Final = 63
-_UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+=-]")
-_NON_ASCII = re.compile(r"[^\x20-\x7e]")
-
-
-class InvalidObject(Exception):
-    """The object under review has the wrong shape at ``path`` (never raised for the request itself)."""
-
-    def __init__(self, path: str, expected: str) -> None:
-        super().__init__(f"{path}: expected {expected}")
-        self.path = path
-        self.expected = expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,114 +86,6 @@ class Verdict:
     component: Component | None = None  # None: no pod or pod template was looked at
     binding: NamespaceBinding | None = None
     enforcement: Enforcement | None = None  # None: no environment applies, blocking findings deny
-
-
-@dataclass(frozen=True, slots=True)
-class Override:
-    """A setting of the pod that the worker mutation replaces (rule vault-settings-override)."""
-
-    where: str  # field path of the replaced entry
-    container: str  # shown container name, "" for the pod-level volume
-    what: str  # the variable name, or a description of the volume / mount
-    removed: bool = False  # the patch removes the entry instead of replacing it
-
-
-# An env entry of the pod by (container list, container index, entry index).
-EnvIndex = tuple[str, int, int]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerPlan:
-    """The worker mutation, and what it changes that the deny rules look at.
-
-    The deny rules judge a worker "as it will be after the patch". Rather than building that pod, they
-    are told what the patch changes: the env entries and volumes it replaces (they are then ours and
-    reference no Secret), and the ServiceAccount it sets. What the patch appends (the Vault env vars,
-    the token volume and mount) references no Secret and carries the binding's own identity, so the
-    rules would find nothing there. tests/unit/test_properties.py checks that this gives the findings
-    of /validate on the patched pod.
-    """
-
-    edits: tuple[Edit, ...]
-    overrides: tuple[Override, ...]
-    replaced_env: frozenset[EnvIndex] = frozenset()
-    replaced_volumes: frozenset[int] = frozenset()
-    service_account: str | None = None  # set by the patch; None: as sent
-    removed_volumes: frozenset[int] = frozenset()  # the API-token volumes the patch removes
-
-
-AS_SENT: Final = WorkerPlan((), ())  # no patch: the rules judge the pod as it was sent
-
-
-# --- Small readers: the object may be anything, so every access is type-checked. ------------------------
-
-
-def _show(value: object, limit: int = _NAME_IN_MESSAGE) -> str:
-    text = _UNSAFE.sub("?", value) if isinstance(value, str) and value else "?"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _warning(rule: str, text: str) -> str:
-    line = _NON_ASCII.sub("?", f"{rule}: {text}")
-    return line if len(line) <= MAX_WARNING_LENGTH else line[: MAX_WARNING_LENGTH - 3] + "..."
-
-
-# The same, for the rules that live in modules of their own (secret_object.py).
-show = _show
-short_warning = _warning
-
-
-# The readers take the field path in parts and join them only for an error: paths are built for every
-# entry of every container, and formatting them eagerly would dominate the cost of a decision.
-
-
-def _where(path: tuple[object, ...]) -> str:
-    return "".join(str(part) for part in path)
-
-
-def _mapping(value: object, *path: object) -> Mapping[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise InvalidObject(_where(path), "an object")
-    return value
-
-
-def _object(value: object, *path: object) -> Mapping[str, Any]:
-    """An object that must be there (the caller has seen it is not None)."""
-    if not isinstance(value, dict):
-        raise InvalidObject(_where(path), "an object")
-    return value
-
-
-def _dicts(value: object, *path: object) -> list[Mapping[str, Any]]:
-    """A list of objects; missing or null is an empty list."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise InvalidObject(_where(path), "a list")
-    for item in value:
-        if not isinstance(item, dict):
-            index = next(i for i, entry in enumerate(value) if not isinstance(entry, dict))
-            raise InvalidObject(f"{_where(path)}[{index}]", "an object")
-    return value
-
-
-def _string(value: object, *path: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise InvalidObject(_where(path), "a string")
-
-
-def _metadata(root: Mapping[str, Any], prefix: str) -> Mapping[str, Any] | None:
-    return _mapping(root.get("metadata"), prefix, "metadata")
-
-
-def _spec(root: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
-    spec = _mapping(root.get("spec"), prefix, "spec")
-    if spec is None:
-        raise InvalidObject(f"{prefix}spec", "an object")
-    return spec
 
 
 def being_deleted(obj: Mapping[str, Any]) -> bool:
@@ -220,17 +110,6 @@ def _matches(labels: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
     return True
 
 
-def effective_service_account(spec: Mapping[str, Any], prefix: str) -> tuple[str, str | None]:
-    """The ServiceAccount the pod runs as, and the deprecated alias as sent.
-
-    As in the API server's conversion, ``serviceAccountName`` wins and the alias ``serviceAccount`` only
-    counts when the name is empty.
-    """
-    name = _string(spec.get("serviceAccountName"), prefix, "spec.serviceAccountName")
-    alias = _string(spec.get("serviceAccount"), prefix, "spec.serviceAccount")
-    return name or alias or "", alias
-
-
 # --- dev-secret-reference ----------------------------------------------------------------------------
 
 
@@ -251,48 +130,50 @@ def forbidden_references(
         return found
 
     def check(value: object, *path: object) -> None:
-        name = _string(value, *path)
+        name = optional_string(value, *path)
         if name is not None and name in forbidden:
-            found.append((_where(path), name))
+            found.append((field_path(path), name))
 
     # The "is not None" guards keep the common case (no valueFrom, no secret volume) free of calls.
     for list_name in ALL_CONTAINER_LISTS:
         listed = spec.get(list_name)
         if listed is None:
             continue
-        for ci, container in enumerate(_dicts(listed, prefix, "spec.", list_name)):
+        for ci, container in enumerate(object_list(listed, prefix, "spec.", list_name)):
             at = (prefix, "spec.", list_name, "[", ci, "]")
             env = container.get("env")
             if env is not None:
-                for ei, entry in enumerate(_dicts(env, *at, ".env")):
+                for ei, entry in enumerate(object_list(env, *at, ".env")):
                     value_from = entry.get("valueFrom")
                     if value_from is None or (replaced_env and (list_name, ci, ei) in replaced_env):
                         continue
                     where = (*at, ".env[", ei, "].valueFrom")
-                    ref = _mapping(_object(value_from, *where).get("secretKeyRef"), *where, ".secretKeyRef")
+                    ref = optional_object(
+                        required_object(value_from, *where).get("secretKeyRef"), *where, ".secretKeyRef"
+                    )
                     if ref is not None:
                         check(ref.get("name"), *where, ".secretKeyRef.name")
             env_from = container.get("envFrom")
             if env_from is not None:
-                for fi, source in enumerate(_dicts(env_from, *at, ".envFrom")):
+                for fi, source in enumerate(object_list(env_from, *at, ".envFrom")):
                     secret_ref = source.get("secretRef")
                     if secret_ref is not None:
-                        ref = _object(secret_ref, *at, ".envFrom[", fi, "].secretRef")
+                        ref = required_object(secret_ref, *at, ".envFrom[", fi, "].secretRef")
                         check(ref.get("name"), *at, ".envFrom[", fi, "].secretRef.name")
     volumes = spec.get("volumes")
     if volumes is not None:
-        for vi, volume in enumerate(_dicts(volumes, prefix, "spec.volumes")):
+        for vi, volume in enumerate(object_list(volumes, prefix, "spec.volumes")):
             secret = volume.get("secret")
             projected = volume.get("projected")
             if (secret is None and projected is None) or vi in replaced_volumes:
                 continue
             vat = (prefix, "spec.volumes[", vi, "]")
             if secret is not None:
-                check(_object(secret, *vat, ".secret").get("secretName"), *vat, ".secret.secretName")
+                check(required_object(secret, *vat, ".secret").get("secretName"), *vat, ".secret.secretName")
             if projected is not None:
-                sources = _object(projected, *vat, ".projected").get("sources")
-                for si, source in enumerate(_dicts(sources, *vat, ".projected.sources")):
-                    ref = _mapping(source.get("secret"), *vat, ".projected.sources[", si, "].secret")
+                sources = required_object(projected, *vat, ".projected").get("sources")
+                for si, source in enumerate(object_list(sources, *vat, ".projected.sources")):
+                    ref = optional_object(source.get("secret"), *vat, ".projected.sources[", si, "].secret")
                     if ref is not None:
                         check(ref.get("name"), *vat, ".projected.sources[", si, "].secret.name")
     return found
@@ -305,344 +186,11 @@ def _dev_secret_finding(refs: list[tuple[str, str]]) -> Finding:
     return Finding(
         rule=c.RULE_DEV_SECRET_REFERENCE,
         message=f"references forbidden Secret {names} at {', '.join(paths)}",
-        warning=_warning(c.RULE_DEV_SECRET_REFERENCE, f"{names} referenced at {paths[0]}{more}"),
+        warning=short_warning(c.RULE_DEV_SECRET_REFERENCE, f"{names} referenced at {paths[0]}{more}"),
     )
 
 
-# --- Worker mutation -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSettings:
-    """What the mutation puts into a worker pod of one namespace binding (only immutable parts)."""
-
-    vault_settings: Mapping[str, str]  # variables the pod may not override -> configured value
-    identity: Mapping[str, str]  # GREENTIC_ENV/TENANT/TEAM -> the binding's values
-    added: tuple[tuple[str, str], ...]  # variables added when missing, in order
-    audience: str
-    expiration_seconds: int
-    token_file: str
-    mount_dir: str
-    ca_config_map: CAConfigMap | None = None  # projected next to the token as c.VAULT_CA_FILE
-
-
-@lru_cache(maxsize=256)
-def worker_settings(env: Environment, binding: NamespaceBinding, token: TokenSettings) -> WorkerSettings:
-    vault = env.vault
-    if vault is None:  # parse_config refuses a Vault environment without vault settings
-        raise ValueError(f"environment {env.name} has no vault settings")
-    vault_settings = {
-        c.ENV_SECRETS_BACKEND: c.BACKEND_VAULT,
-        c.ENV_VAULT_ADDR: vault.addr,
-        c.ENV_VAULT_ROLE: vault.role_for(env.name, binding.tenant, binding.team),
-        c.ENV_VAULT_TOKEN_PATH: token.path,
-        c.ENV_VAULT_KV_MOUNT: vault.kv_mount,
-        c.ENV_VAULT_KV_PREFIX: vault.kv_prefix,
-    }
-    ca_env: list[tuple[str, str]] = []
-    if vault.ca_config_map is not None:
-        # Ours like VAULT_ADDR: a pod pointing VAULT_CACERT at a CA of its choosing would trust any server.
-        ca_env.append((c.ENV_VAULT_CACERT, f"{token.directory}/{c.VAULT_CA_FILE}"))
-    if vault.insecure_http:
-        # The runtime refuses http:// without it; pinned like VAULT_ADDR, so it is the config's choice.
-        ca_env.append((c.ENV_VAULT_INSECURE_HTTP, "true"))
-    vault_settings.update(ca_env)
-    # Pinned in TLS environments too (not added): a pod must not switch plain HTTP on by itself.
-    vault_settings.setdefault(c.ENV_VAULT_INSECURE_HTTP, "false")
-    identity = {
-        c.ENV_GREENTIC_ENV: env.name,
-        c.ENV_GREENTIC_TENANT: binding.tenant,
-        c.ENV_GREENTIC_TEAM: binding.team,
-    }
-    added = [
-        (c.ENV_SECRETS_BACKEND, c.BACKEND_VAULT),
-        (c.ENV_VAULT_ADDR, vault.addr),
-        (c.ENV_VAULT_ROLE, vault_settings[c.ENV_VAULT_ROLE]),
-        (c.ENV_VAULT_TOKEN_PATH, token.path),
-        *ca_env,
-        *identity.items(),
-    ]
-    # The runtime's defaults need no variable; an explicit one would only add noise to every pod.
-    if vault.kv_mount != c.DEFAULT_KV_MOUNT:
-        added.append((c.ENV_VAULT_KV_MOUNT, vault.kv_mount))
-    if vault.kv_prefix != c.DEFAULT_KV_PREFIX:
-        added.append((c.ENV_VAULT_KV_PREFIX, vault.kv_prefix))
-    return WorkerSettings(
-        vault_settings=vault_settings,
-        identity=identity,
-        added=tuple(added),
-        audience=token.audience,
-        expiration_seconds=token.expiration_seconds,
-        token_file=token.filename,
-        mount_dir=token.directory,
-        ca_config_map=vault.ca_config_map,
-    )
-
-
-def token_volume(settings: WorkerSettings) -> dict[str, Any]:
-    """A fresh copy each time: it ends up in the patch and in the judged view."""
-    sources: list[dict[str, Any]] = [
-        {
-            "serviceAccountToken": {
-                "audience": settings.audience,
-                "expirationSeconds": settings.expiration_seconds,
-                "path": settings.token_file,
-            }
-        }
-    ]
-    if settings.ca_config_map is not None:
-        # Not optional: without its CA the worker must not start (the kubelet holds the pod in
-        # ContainerCreating with an event naming the missing ConfigMap), rather than trust another CA.
-        sources.append({"configMap": _ca_projection(settings.ca_config_map)})
-    return {"name": c.VAULT_TOKEN_VOLUME, "projected": {"sources": sources}}
-
-
-def _ca_projection(ca: CAConfigMap) -> dict[str, Any]:
-    return {"name": ca.name, "items": [{"key": ca.key, "path": c.VAULT_CA_FILE}]}
-
-
-def token_mount(settings: WorkerSettings) -> dict[str, Any]:
-    return {"name": c.VAULT_TOKEN_VOLUME, "mountPath": settings.mount_dir, "readOnly": True}
-
-
-def _is_token_volume(volume: Mapping[str, Any], settings: WorkerSettings) -> bool:
-    """Compare only what the webhook sets: the API server adds e.g. ``projected.defaultMode: 420``."""
-    if volume.keys() - {"name", "projected"}:
-        return False  # a second volume source next to ours
-    projected = volume.get("projected")
-    if not isinstance(projected, dict):
-        return False
-    sources = projected.get("sources")
-    expected = 1 if settings.ca_config_map is None else 2
-    if not isinstance(sources, list) or len(sources) != expected or not isinstance(sources[0], dict):
-        return False
-    token = sources[0].get("serviceAccountToken")
-    if not (
-        isinstance(token, dict)
-        and token.get("audience") == settings.audience
-        and token.get("expirationSeconds") == settings.expiration_seconds
-        and token.get("path") == settings.token_file
-    ):
-        return False
-    if settings.ca_config_map is None:
-        return True
-    # Exactly our projection: another ConfigMap, key, file name or item mode, or any "optional" (true would
-    # let the pod start without the CA), is replaced. The API server defaults nothing inside it.
-    source = sources[1]
-    return (
-        isinstance(source, dict)
-        and source.keys() == {"configMap"}
-        and source["configMap"] == _ca_projection(settings.ca_config_map)
-    )
-
-
-def _container_name(container: Mapping[str, Any]) -> str:
-    return _show(container.get("name"), _NAME_IN_WARNING)
-
-
-def _placement(mount_path: str, directory: str) -> Literal["at", "inside"] | None:
-    """Where a container's mount lands relative to the token folder: on it, inside it, or elsewhere.
-
-    Compared as the kernel resolves the path (``/a//b/./c/`` is ``/a/b/c``), so spelling cannot hide it.
-    """
-    if mount_path.startswith("/") and "//" not in mount_path and "/." not in mount_path:
-        # Nothing to resolve but a trailing slash: this check runs for every mount of every worker, and
-        # normpath costs 20 times more.
-        normalized = mount_path.rstrip("/")
-    else:
-        normalized = "/" + posixpath.normpath(mount_path).lstrip("/")
-    if normalized == directory:
-        return "at"
-    if normalized.startswith(directory + "/"):
-        return "inside"
-    return None
-
-
-def plan_worker(
-    root: Mapping[str, Any], spec: Mapping[str, Any], prefix: str, settings: WorkerSettings, badge: str
-) -> WorkerPlan:
-    """The edits that put a worker pod (or template) on Vault; empty when it already is (reinvocation)."""
-    edits: list[Edit] = []
-    overrides: list[Override] = []
-    replaced_env: set[EnvIndex] = set()
-
-    effective, alias = effective_service_account(spec, prefix)
-    volumes_value = spec.get("volumes")
-    volumes = _dicts(volumes_value, prefix, "spec.volumes")
-    # The API token the ServiceAccount plugin mounted while the pod was on "default" goes, with its mounts:
-    # a worker's only token is the Vault one (api_token.py says why and how it is recognised).
-    api_volumes = api_access_volumes(spec, volumes)
-    service_account: str | None = None
-    if effective in ("", c.DEFAULT_SERVICE_ACCOUNT):
-        service_account = badge
-        edits.append(SetMember(("spec",), "serviceAccountName", badge))
-        if alias:
-            # Keep the deprecated alias consistent, so no reader of the old field sees "default".
-            edits.append(SetMember(("spec",), "serviceAccount", badge))
-
-    for list_name in POD_CONTAINER_LISTS:
-        list_path = f"{prefix}spec.{list_name}"
-        for ci, container in enumerate(_dicts(spec.get(list_name), list_path)):
-            where = f"{list_path}[{ci}]"
-            at: tuple[str, str, int] = ("spec", list_name, ci)
-            replaced = _plan_env(
-                container, where=where, at=at, settings=settings, edits=edits, overrides=overrides
-            )
-            replaced_env.update((list_name, ci, ei) for ei in replaced)
-            _plan_mount(
-                container,
-                where=where,
-                at=at,
-                settings=settings,
-                edits=edits,
-                overrides=overrides,
-                drop=frozenset(api_volumes.values()),
-            )
-
-    replace: list[tuple[int, Any]] = []
-    found = False
-    for vi, volume in enumerate(volumes):
-        if volume.get("name") == c.VAULT_TOKEN_VOLUME:
-            found = True
-            if not _is_token_volume(volume, settings):
-                replace.append((vi, token_volume(settings)))
-                overrides.append(
-                    Override(f"{prefix}spec.volumes[{vi}]", "", f"volume {c.VAULT_TOKEN_VOLUME}")
-                )
-    if volumes_value is None:
-        edits.append(SetMember(("spec",), "volumes", [token_volume(settings)]))
-    elif replace or api_volumes or not found:
-        edits.append(
-            ListEdit(
-                ("spec", "volumes"),
-                tuple(replace),
-                () if found else (token_volume(settings),),
-                tuple(api_volumes),
-            )
-        )
-
-    metadata = _metadata(root, prefix)
-    if metadata is None:
-        edits.append(
-            SetMember((), "metadata", {"annotations": {c.ANNOTATION_SECRETS_BACKEND: c.BACKEND_VAULT}})
-        )
-    else:
-        annotations = _mapping(metadata.get("annotations"), prefix, "metadata.annotations")
-        if annotations is None:
-            edits.append(
-                SetMember(("metadata",), "annotations", {c.ANNOTATION_SECRETS_BACKEND: c.BACKEND_VAULT})
-            )
-        elif annotations.get(c.ANNOTATION_SECRETS_BACKEND) != c.BACKEND_VAULT:
-            edits.append(
-                SetMember(("metadata", "annotations"), c.ANNOTATION_SECRETS_BACKEND, c.BACKEND_VAULT)
-            )
-    return WorkerPlan(
-        tuple(edits),
-        tuple(overrides),
-        frozenset(replaced_env),
-        frozenset(index for index, _ in replace),
-        service_account,
-        frozenset(api_volumes),
-    )
-
-
-def _plan_env(
-    container: Mapping[str, Any],
-    *,
-    where: str,
-    at: tuple[str, str, int],
-    settings: WorkerSettings,
-    edits: list[Edit],
-    overrides: list[Override],
-) -> list[int]:
-    """Plans the container's env (into ``edits`` and ``overrides``); the indices of the replaced entries."""
-    env_value = container.get("env")
-    replace: list[tuple[int, Any]] = []
-    seen: set[str] = set()
-    for ei, entry in enumerate(_dicts(env_value, where, ".env")):
-        name = entry.get("name")
-        if not isinstance(name, str):
-            raise InvalidObject(f"{where}.env[{ei}].name", "a string")
-        configured = settings.vault_settings.get(name)
-        if configured is not None:
-            seen.add(name)
-            # valueFrom counts as setting it: a ConfigMap must not point the token at another server.
-            if entry.get("value") != configured or entry.get("valueFrom") is not None:
-                replace.append((ei, {"name": name, "value": configured}))
-                overrides.append(Override(f"{where}.env[{ei}]", _container_name(container), name))
-        elif name in settings.identity:
-            seen.add(name)  # a different value is tenant-mismatch (a denial), never silently rewritten
-    if seen:
-        append = [{"name": name, "value": value} for name, value in settings.added if name not in seen]
-    else:  # the usual case: nothing of ours is set yet
-        append = [{"name": name, "value": value} for name, value in settings.added]
-    if env_value is None:
-        if append:
-            edits.append(SetMember(at, "env", append))
-    elif replace or append:
-        edits.append(ListEdit((*at, "env"), tuple(replace), tuple(append)))
-    return [index for index, _ in replace]
-
-
-def _plan_mount(
-    container: Mapping[str, Any],
-    *,
-    where: str,
-    at: tuple[str, str, int],
-    settings: WorkerSettings,
-    edits: list[Edit],
-    overrides: list[Override],
-    drop: frozenset[str],
-) -> None:
-    """Plans the container's mounts: ours on the token folder, none inside it, none of a ``drop`` volume."""
-    mounts_value = container.get("volumeMounts")
-    replace: list[tuple[int, Any]] = []
-    remove: list[int] = []
-    present = False
-    for mi, mount in enumerate(_dicts(mounts_value, where, ".volumeMounts")):
-        if drop and isinstance(mount.get("name"), str) and mount["name"] in drop:
-            remove.append(mi)  # its volume goes: a mount of a missing volume would make the pod invalid
-            continue
-        path = _string(mount.get("mountPath"), where, ".volumeMounts[", mi, "].mountPath")
-        placement = None if path is None else _placement(path, settings.mount_dir)
-        if placement is None:
-            continue
-        if placement == "inside":
-            # A file or folder mounted inside the token folder (a subPath mount at .../token, say) would
-            # shadow what the kubelet projects there: the token, or the Vault CA. It is removed.
-            remove.append(mi)
-            overrides.append(
-                Override(
-                    f"{where}.volumeMounts[{mi}]",
-                    _container_name(container),
-                    f"mount inside {settings.mount_dir}",
-                    removed=True,
-                )
-            )
-            continue
-        present = True
-        # Compare only what the webhook sets (name, folder, read-only); anything else mounted on the
-        # token folder would let the pod hand the runtime a token of its choosing.
-        if mount.get("name") != c.VAULT_TOKEN_VOLUME or mount.get("readOnly") is not True:
-            replace.append((mi, token_mount(settings)))
-            overrides.append(
-                Override(
-                    f"{where}.volumeMounts[{mi}]",
-                    _container_name(container),
-                    f"mount at {settings.mount_dir}",
-                )
-            )
-    if mounts_value is None:
-        edits.append(SetMember(at, "volumeMounts", [token_mount(settings)]))
-    elif replace or remove or not present:
-        edits.append(
-            ListEdit(
-                (*at, "volumeMounts"),
-                tuple(replace),
-                () if present else (token_mount(settings),),
-                tuple(remove),
-            )
-        )
+# --- vault-settings-override: what the worker mutation replaces ------------------------------------------
 
 
 def _override_finding(override: Override, phase: Literal["mutate", "validate", "template"]) -> Finding:
@@ -658,7 +206,7 @@ def _override_finding(override: Override, phase: Literal["mutate", "validate", "
     return Finding(
         rule=c.RULE_VAULT_SETTINGS_OVERRIDE,
         message=f"{subject} {outcome} ({override.where})",
-        warning=_warning(c.RULE_VAULT_SETTINGS_OVERRIDE, f"{subject} {outcome}"),
+        warning=short_warning(c.RULE_VAULT_SETTINGS_OVERRIDE, f"{subject} {outcome}"),
         blocking=False,
     )
 
@@ -679,7 +227,7 @@ def deny_rules(
     """The deny rules on one pod (or template): dev-secret-reference, worker-service-account,
     tenant-mismatch, worker-api-token, router-badge; on the pod as it will be after the ``planned`` worker
     patch."""
-    spec = _spec(root, prefix)
+    spec = spec_of(root, prefix)
     findings: list[Finding] = []
     refs = forbidden_references(
         spec,
@@ -696,7 +244,7 @@ def deny_rules(
         if planned.service_account is not None:
             effective = planned.service_account
         if effective != badge:
-            shown = _show(effective) if effective else "(none)"
+            shown = show(effective) if effective else "(none)"
             hint = (
                 " (was the mutating webhook skipped?)"
                 if validating_pod and effective in ("", c.DEFAULT_SERVICE_ACCOUNT)
@@ -706,7 +254,7 @@ def deny_rules(
                 Finding(
                     rule=c.RULE_WORKER_SERVICE_ACCOUNT,
                     message=f"a worker must run as ServiceAccount {badge}, not {shown}{hint}",
-                    warning=_warning(
+                    warning=short_warning(
                         c.RULE_WORKER_SERVICE_ACCOUNT, f"a worker must run as {badge}, not {shown}"
                     ),
                 )
@@ -721,7 +269,7 @@ def deny_rules(
                 Finding(
                     rule=c.RULE_ROUTER_BADGE,
                     message=f"the router must not run as ServiceAccount {badge} (the worker's badge)",
-                    warning=_warning(c.RULE_ROUTER_BADGE, f"the router must not run as {badge}"),
+                    warning=short_warning(c.RULE_ROUTER_BADGE, f"the router must not run as {badge}"),
                 )
             )
     return findings
@@ -730,7 +278,7 @@ def deny_rules(
 def _api_token_findings(spec: Mapping[str, Any], prefix: str, planned: WorkerPlan) -> list[Finding]:
     """worker-api-token: the ServiceAccount plugin's API-token volume, where the patch does not remove it
     (a /validate of a pod the mutating webhook did not see, or that another webhook gave it again)."""
-    volumes = _dicts(spec.get("volumes"), prefix, "spec.volumes")
+    volumes = object_list(spec.get("volumes"), prefix, "spec.volumes")
     carried = [
         (index, name)
         for index, name in api_access_volumes(spec, volumes).items()
@@ -744,10 +292,10 @@ def _api_token_findings(spec: Mapping[str, Any], prefix: str, planned: WorkerPla
         Finding(
             rule=c.RULE_WORKER_API_TOKEN,
             message=(
-                f"a worker must not carry the Kubernetes API token (volume {_show(name)} at {where}); "
+                f"a worker must not carry the Kubernetes API token (volume {show(name)} at {where}); "
                 "its only token is the Vault one, unless the pod sets automountServiceAccountToken: true"
             ),
-            warning=_warning(c.RULE_WORKER_API_TOKEN, f"a worker must not carry API token {_show(name)}"),
+            warning=short_warning(c.RULE_WORKER_API_TOKEN, f"a worker must not carry API token {show(name)}"),
         )
     ]
 
@@ -762,9 +310,9 @@ def _tenant_mismatches(spec: Mapping[str, Any], prefix: str, settings: WorkerSet
     findings: list[Finding] = []
     for list_name in POD_CONTAINER_LISTS:
         list_path = f"{prefix}spec.{list_name}"
-        for ci, container in enumerate(_dicts(spec.get(list_name), list_path)):
+        for ci, container in enumerate(object_list(spec.get(list_name), list_path)):
             where = f"{list_path}[{ci}]"
-            for ei, entry in enumerate(_dicts(container.get("env"), where, ".env")):
+            for ei, entry in enumerate(object_list(container.get("env"), where, ".env")):
                 name = entry.get("name")
                 expected = settings.identity.get(name) if isinstance(name, str) else None
                 if expected is None:
@@ -772,12 +320,14 @@ def _tenant_mismatches(spec: Mapping[str, Any], prefix: str, settings: WorkerSet
                 # valueFrom cannot be checked here: fail closed, as for a literal other value.
                 if entry.get("value") == expected and entry.get("valueFrom") is None:
                     continue
-                subject = f"container {_container_name(container)}: {name}"
+                subject = f"container {container_name(container)}: {name}"
                 findings.append(
                     Finding(
                         rule=c.RULE_TENANT_MISMATCH,
                         message=f"{subject} does not match the namespace binding ({where}.env[{ei}])",
-                        warning=_warning(c.RULE_TENANT_MISMATCH, f"{subject} does not match the namespace"),
+                        warning=short_warning(
+                            c.RULE_TENANT_MISMATCH, f"{subject} does not match the namespace"
+                        ),
                     )
                 )
     return findings
@@ -790,7 +340,7 @@ def not_ready_finding() -> Finding:
     return Finding(
         rule=c.RULE_BINDINGS_NOT_READY,
         message="namespace bindings are not loaded yet; retry in a few seconds",
-        warning=_warning(c.RULE_BINDINGS_NOT_READY, "namespace bindings not loaded yet; retry"),
+        warning=short_warning(c.RULE_BINDINGS_NOT_READY, "namespace bindings not loaded yet; retry"),
         code=503,
     )
 
@@ -799,21 +349,21 @@ def unknown_pack_finding(
     namespace: str, binding: NamespaceBinding, env: Environment | None, refused: str = "worker pods are"
 ) -> Finding:
     if env is None:
-        env_name = _show(binding.env)
-        text = f"namespace {_show(namespace)} is bound to environment {env_name}, which is not configured"
+        env_name = show(binding.env)
+        text = f"namespace {show(namespace)} is bound to environment {env_name}, which is not configured"
     else:
-        text = f"environment {_show(env.name)} uses unknown secrets pack {_show(env.secrets_pack)}"
+        text = f"environment {show(env.name)} uses unknown secrets pack {show(env.secrets_pack)}"
     return Finding(
         rule=c.RULE_UNKNOWN_SECRETS_PACK,
         message=f"{text}; {refused} refused there",
-        warning=_warning(c.RULE_UNKNOWN_SECRETS_PACK, text),
+        warning=short_warning(c.RULE_UNKNOWN_SECRETS_PACK, text),
     )
 
 
 def invalid_object_finding(error: InvalidObject) -> Finding:
     text = f"{error.path}: expected {error.expected}"
     return Finding(
-        rule=c.RULE_INVALID_OBJECT, message=text, warning=_warning(c.RULE_INVALID_OBJECT, text), code=422
+        rule=c.RULE_INVALID_OBJECT, message=text, warning=short_warning(c.RULE_INVALID_OBJECT, text), code=422
     )
 
 
@@ -839,7 +389,7 @@ def _scope(request: ReviewRequest) -> tuple[Scope, tuple[str, ...]] | None:
 def _template(obj: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]:
     node: Mapping[str, Any] = obj
     for depth, key in enumerate(path):
-        child = _mapping(node.get(key), ".".join(path[: depth + 1]))
+        child = optional_object(node.get(key), ".".join(path[: depth + 1]))
         if child is None:
             raise InvalidObject(".".join(path[: depth + 1]), "an object")
         node = child
@@ -878,8 +428,12 @@ def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: B
     try:
         root = _template(obj, path)
         prefix = _PREFIXES[path]
-        metadata = _metadata(root, prefix)
-        labels = _mapping(metadata.get("labels"), prefix, "metadata.labels") if metadata is not None else None
+        metadata = metadata_of(root, prefix)
+        labels = (
+            optional_object(metadata.get("labels"), prefix, "metadata.labels")
+            if metadata is not None
+            else None
+        )
         component = classify(labels or {}, config.selectors)
         if binding is None:
             # The cluster cache has not synced: a worker cannot be judged (retriable), the others pass.
@@ -895,7 +449,7 @@ def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: B
             return Verdict(component=component, binding=binding, enforcement=enforcement)
 
         if kind == "ephemeral":
-            refs = forbidden_references(_spec(root, prefix), config.forbidden_secrets, prefix)
+            refs = forbidden_references(spec_of(root, prefix), config.forbidden_secrets, prefix)
             findings = (_dev_secret_finding(refs),) if refs else ()
             return Verdict(findings, (), component, binding, enforcement)
 
@@ -903,7 +457,7 @@ def judge(request: ReviewRequest, *, mutating: bool, config: Config, bindings: B
         plan = AS_SENT
         if component == c.COMPONENT_WORKER:
             settings = worker_settings(env, binding, config.vault_token)
-            plan = plan_worker(root, _spec(root, prefix), prefix, settings, config.service_account)
+            plan = plan_worker(root, spec_of(root, prefix), prefix, settings, config.service_account)
         validating_pod = kind == "pod" and not mutating
         # /validate of a Pod judges it as sent; the others as it will be after the patch.
         phase: Literal["mutate", "validate", "template"] = (

@@ -3,7 +3,7 @@
 The TypedDicts keep Kubernetes' camelCase names so that they read like the API reference. Parsing turns
 a decoded body into a ``ReviewRequest`` or raises ``BadRequest``: an error about the *request* (wrong
 apiVersion, no uid, a non-object where an object belongs), which the server answers with HTTP 4xx. An
-odd *object under review* is not a request error; the policy judges it (see ``policy.InvalidObject``).
+odd *object under review* is not a request error; the policy judges it (see ``object_reader.InvalidObject``).
 """
 
 from __future__ import annotations

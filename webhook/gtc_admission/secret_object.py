@@ -17,15 +17,8 @@ from typing import Any, Final
 from gtc_admission import constants as c
 from gtc_admission.bindings import BindingSource
 from gtc_admission.config import Config, Environment, NamespaceBinding
-from gtc_admission.policy import (
-    Finding,
-    Verdict,
-    being_deleted,
-    not_ready_finding,
-    short_warning,
-    show,
-    unknown_pack_finding,
-)
+from gtc_admission.object_reader import short_warning, show
+from gtc_admission.policy import Finding, Verdict, being_deleted, not_ready_finding, unknown_pack_finding
 from gtc_admission.review import ReviewRequest
 
 # Where the README tells an operator how to move the values into Vault.
