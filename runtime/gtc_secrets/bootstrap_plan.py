@@ -96,15 +96,17 @@ def render_policy(target: Target, grant: Grant | None = None) -> str:
     grant = grant or target.tenant_grant
     decrypt = _rule(f"{target.transit_mount}/decrypt/{target.name}", "update")
     tenant = f"{target.kv_prefix}/{target.env}/{target.tenant}"
+    # Metadata (versions, never values) of the same paths: a worker under `exec --watch` checks which
+    # version it holds.
     if grant.teams is None:
         return (
             f"{MANAGED_HEADER}workers of env {target.env}, tenant {target.tenant}.\n"
             "# Read their envelopes, unwrap data keys with their tenant's transit key; nothing else.\n"
-            + _rule(f"{target.kv_mount}/data/{tenant}/*", "read")
-            + "\n"
-            + decrypt
+            + "\n".join(
+                [_rule(f"{target.kv_mount}/{kind}/{tenant}/*", "read") for kind in ("data", "metadata")]
+                + [decrypt]
+            )
         )
-    # Metadata (versions, never values) of the same paths: a worker may check which version it holds.
     reads = [
         _rule(f"{target.kv_mount}/{kind}/{tenant}/{team}/*", "read")
         for kind in ("data", "metadata")

@@ -111,7 +111,7 @@ def _unreadable_message(ref: SecretRef, error: Exception) -> str:
     hint = ""
     if isinstance(error, Forbidden) and "/metadata/" in error.path:
         # The tenant-wide role of older bootstraps reads data paths only; per-team roles read both.
-        hint = "; the worker's Vault policy must grant read on the KV metadata path (bootstrap --team does)"
+        hint = "; the worker's Vault policy must grant read on the KV metadata path (gtc-secrets bootstrap does: run it again)"
     return f"{ref.uri}: cannot check for a new version ({error}){hint}; the worker keeps the value it has"
 
 

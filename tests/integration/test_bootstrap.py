@@ -444,7 +444,9 @@ def test_the_worker_token_can_only_read_its_tenant_and_decrypt_with_its_key(
         "secret/data/greentic/prod/acme/x": ["read"],
         "secret/data/greentic/prod/globex/default/llm/openai": ["deny"],
         "secret/data/greentic/staging/acme/default/llm/openai": ["deny"],
-        "secret/metadata/greentic/prod/acme/default/llm/openai": ["deny"],
+        # Versions, never values: what exec --watch checks (issue 13); never another tenant's.
+        "secret/metadata/greentic/prod/acme/default/llm/openai": ["read"],
+        "secret/metadata/greentic/prod/globex/default/llm/openai": ["deny"],
         "secret/delete/greentic/prod/acme/default/llm/openai": ["deny"],
         "transit/decrypt/gtc-prod-acme": ["update"],
         "transit/decrypt/gtc-prod-globex": ["deny"],

@@ -1,7 +1,8 @@
 """``gtc-secrets exec --watch`` against a real OpenBao, with real processes.
 
 The worker logs in with the per-team role of ``gtc-secrets bootstrap --team core=acme-watch`` (which
-grants ``read`` on the team's KV metadata paths; the tenant-wide role of the module's fixture does not).
+grants ``read`` on the team's KV metadata paths; the tenant-wide role of the module's fixture grants it on
+the tenant's).
 Kubernetes auth asks the TokenReview stand-in (tests/support/token_review.py), as in the other modules.
 
 The child is a small Python program that appends ``<pid> <sha256 of its secret>`` to a file when it
@@ -320,11 +321,13 @@ async def test_openbao_stopped_during_the_watch_then_a_change_is_picked_up(
 # ---------------------------------------------------------------------------------------------
 
 
-async def test_the_tenant_wide_role_cannot_read_metadata_and_the_team_role_can(team: Team) -> None:
-    """Per-team roles read `secret/metadata/...` of their team; the tenant-wide role (before the policy
-    change the README names) gets 403 there, and the watcher's error says what to grant."""
+async def test_both_roles_read_the_versions_they_may_watch_and_no_other_team_s(team: Team) -> None:
+    """The per-team role and the tenant-wide role read `secret/metadata/...` of their scope (versions only:
+    what exec --watch checks); the per-team role gets 403 from Vault for another team's metadata."""
     ref = SecretRef(ENV, "acme", "core", "telegram", "policy")
+    other = SecretRef(ENV, "acme", "billing", "telegram", "policy")
     seed(team.bootstrapped, ref, f"{CANARY}-policy")
+    seed(team.bootstrapped, other, f"{CANARY}-billing")
     for role, token_file in (
         (TEAM_ROLE, team.token_file),
         ("gtc-prod-acme", team.bootstrapped.worker_token("acme-prod")),
@@ -335,13 +338,14 @@ async def test_the_tenant_wide_role_cannot_read_metadata_and_the_team_role_can(t
         assert isinstance(backend, VaultBackend)
         vault = backend.client()
         try:
+            assert (await vault.read_kv_version(ref.logical_path)).number == 1
             if role == TEAM_ROLE:
-                assert (await vault.read_kv_version(ref.logical_path)).number == 1
-            else:
                 with pytest.raises(
-                    Forbidden, match="GET /v1/secret/metadata/greentic/prod/acme/core/telegram/policy: 403"
+                    Forbidden, match="GET /v1/secret/metadata/greentic/prod/acme/billing/telegram/policy: 403"
                 ):
-                    await vault.read_kv_version(ref.logical_path)
+                    await vault.read_kv_version(other.logical_path)
+            else:
+                assert (await vault.read_kv_version(other.logical_path)).number == 1
         finally:
             await vault.close()
 

@@ -100,13 +100,15 @@ def policy_rules(hcl: str) -> dict[str, list[str]]:
 
 
 def test_policy_grants_read_on_the_tenant_prefix_and_decrypt_with_its_key_only() -> None:
-    """The policy has exactly two rules: read the tenant's KV data, update (decrypt) its transit key."""
+    """The policy has exactly three rules: read the tenant's KV data and metadata (versions, for
+    exec --watch), update (decrypt) its transit key."""
     rules = policy_rules(b.render_policy(target()))
     assert rules == {
         "secret/data/greentic/prod/acme/*": ["read"],
+        "secret/metadata/greentic/prod/acme/*": ["read"],
         "transit/decrypt/gtc-prod-acme": ["update"],
     }
-    assert b.render_policy(target()).count("path ") == 2
+    assert b.render_policy(target()).count("path ") == 3
 
 
 def test_policy_follows_the_mount_and_prefix_settings() -> None:
@@ -114,7 +116,11 @@ def test_policy_follows_the_mount_and_prefix_settings() -> None:
     rules = policy_rules(
         b.render_policy(target(kv_mount="kv", kv_prefix="gt/x", transit_mount="tr", env="dev"))
     )
-    assert rules == {"kv/data/gt/x/dev/acme/*": ["read"], "tr/decrypt/gtc-dev-acme": ["update"]}
+    assert rules == {
+        "kv/data/gt/x/dev/acme/*": ["read"],
+        "kv/metadata/gt/x/dev/acme/*": ["read"],
+        "tr/decrypt/gtc-dev-acme": ["update"],
+    }
 
 
 def test_policy_change_is_detected_and_whitespace_is_not() -> None:
