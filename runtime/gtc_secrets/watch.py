@@ -110,8 +110,11 @@ def describe_changes(changed: Mapping[SecretRef, tuple[KvVersion | None, KvVersi
 def _unreadable_message(ref: SecretRef, error: Exception) -> str:
     hint = ""
     if isinstance(error, Forbidden) and "/metadata/" in error.path:
-        # The tenant-wide role of older bootstraps reads data paths only; per-team roles read both.
-        hint = "; the worker's Vault policy must grant read on the KV metadata path (gtc-secrets bootstrap does: run it again)"
+        # A policy written by an older bootstrap reads data paths only; today's grant metadata too.
+        hint = (
+            "; the worker's Vault policy must grant read on the KV metadata path "
+            "(gtc-secrets bootstrap does: run it again)"
+        )
     return f"{ref.uri}: cannot check for a new version ({error}){hint}; the worker keeps the value it has"
 
 
