@@ -272,9 +272,11 @@ async def _run(
             exited = asyncio.create_task(supervisor.wait(child))
             changed = asyncio.create_task(_next(changes))
     finally:
-        if changed is not None:
-            changed.cancel()
-        exited.cancel()
+        pending = [task for task in (changed, exited) if task is not None and not task.done()]
+        for task in pending:
+            task.cancel()
+        # Let the cancelled read of ``changes`` unwind now, so the caller can close its generator at once.
+        await asyncio.gather(*pending, return_exceptions=True)
         if child.returncode is None:
             # Only on an error or a cancellation of supervise itself: never leave the worker behind.
             with contextlib.suppress(ProcessLookupError):

@@ -448,6 +448,27 @@ async def test_a_failing_watch_leaves_the_child_running(
     assert await task == 5
 
 
+async def test_the_watch_can_be_closed_as_soon_as_the_child_has_exited() -> None:
+    """supervise lets its cancelled read of ``changes`` unwind before it returns: the caller can close the
+    generator at once (it would otherwise still be running: "asynchronous generator is already running")."""
+    closed = asyncio.Event()
+
+    async def watching() -> AsyncIterator[Mapping[str, str]]:
+        try:
+            await asyncio.Event().wait()  # no change ever comes
+            yield {}
+        finally:
+            closed.set()
+
+    changes = watching()
+    status = await supervise(
+        [sys.executable, "-c", "raise SystemExit(4)"], BASE_ENV, changes, on_change="restart", grace_seconds=1
+    )
+    assert status == 4
+    await changes.aclose()
+    assert closed.is_set()
+
+
 async def test_a_signal_that_comes_while_the_child_is_starting_reaches_it(tmp_path: Path) -> None:
     """A pod's SIGTERM at boot, before the child's pid is known, is held and passed on, not lost.
 
