@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -453,7 +453,7 @@ async def test_the_watch_can_be_closed_as_soon_as_the_child_has_exited() -> None
     generator at once (it would otherwise still be running: "asynchronous generator is already running")."""
     closed = asyncio.Event()
 
-    async def watching() -> AsyncIterator[Mapping[str, str]]:
+    async def watching() -> AsyncGenerator[Mapping[str, str], None]:
         try:
             await asyncio.Event().wait()  # no change ever comes
             yield {}
