@@ -74,11 +74,11 @@ from gtc_admission.tls import generate_certificates, write_certificates
 from gtc_secrets import bootstrap
 from gtc_secrets.backends import make_backend
 from gtc_secrets.constants import transit_key_name
+from gtc_secrets.curl_transport import DEFAULT_CONNECTIONS
 from gtc_secrets.envelope import open_envelope, parse_envelope
 from gtc_secrets.refs import SecretRef
 from gtc_secrets.seed import HvacAdminVault, put_secret
 from gtc_secrets.settings import AdminSettings, RuntimeSettings
-from gtc_secrets.vault import DEFAULT_CONNECTIONS
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 ROOT: Final = BENCH_DIR.parent
@@ -1003,9 +1003,9 @@ def render(results: dict[str, Any], info: dict[str, str], settings: Settings, sh
         lines += [
             f"### Boot resolution ({boot['references']} references, real OpenBao over TLS, Kubernetes auth)",
             "",
-            "Runtime: aiohttp's client with a keep-alive pool of "
-            f"{DEFAULT_CONNECTIONS} TLS connections: one login, all KV reads at once, one transit batch "
-            "decrypt. "
+            "Runtime: libcurl through pycurl (`CurlTransport`), HTTP/2 over one TLS connection (HTTP/1.1 "
+            f"would get up to {DEFAULT_CONNECTIONS}): one login, all KV reads at once as concurrent streams, "
+            "one transit batch decrypt. "
             "Naive: hvac, one login, then per secret a KV read and a transit decrypt, in sequence. "
             "Both check the seeded values. Second pair of columns: through a proxy that delays each "
             f"direction by {boot['one_way_ms']:g} ms (measured: a keep-alive `GET /v1/sys/health` takes "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gtc_secrets import constants as c
+from gtc_secrets.curl_transport import CurlTransport, TlsTrust
 from gtc_secrets.envelope import SecretValue
 from gtc_secrets.refs import SecretRef
 from gtc_secrets.resolve import (
@@ -25,7 +26,7 @@ from gtc_secrets.resolve import (
     retry_until,
 )
 from gtc_secrets.settings import RuntimeSettings, VaultWorkerSettings, plain_http_warning
-from gtc_secrets.vault import AiohttpTransport, Transport, VaultPaths, WorkerVault, make_ssl_context
+from gtc_secrets.vault import Transport, VaultPaths, WorkerVault
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,12 @@ TransportFactory = Callable[[VaultWorkerSettings], Transport]
 
 
 def default_transport(settings: VaultWorkerSettings) -> Transport:
-    """aiohttp's client to VAULT_ADDR: TLS verified against VAULT_CACERT, or plain http when the settings
-    allowed it (GREENTIC_VAULT_INSECURE_HTTP=true), announced at every boot."""
+    """libcurl to VAULT_ADDR: HTTP/2 over TLS verified against VAULT_CACERT, or plain http when the
+    settings allowed it (GREENTIC_VAULT_INSECURE_HTTP=true), announced at every boot."""
     if settings.plain_http:
         log.warning("%s", plain_http_warning(settings.addr))
-        return AiohttpTransport(settings.addr, None)
-    return AiohttpTransport(settings.addr, make_ssl_context(settings.ca_cert))
+        return CurlTransport(settings.addr, None)
+    return CurlTransport(settings.addr, TlsTrust.for_ca_file(settings.ca_cert))
 
 
 class VaultBackend:

@@ -1,10 +1,10 @@
 """A small async Vault client for the worker path: Kubernetes login, KV-v2 read, transit batch decrypt.
 
-Layers, like hvac's adapters: :class:`Transport` is the one seam that does HTTP (``AiohttpTransport``:
-aiohttp's client with a small keep-alive pool, TLS verified against ``VAULT_CACERT``); :class:`WorkerVault`
-builds paths and payloads and keeps the Vault token fresh; :func:`error_for_status` maps HTTP status to
-exceptions. Errors carry the method and path (and Vault's own short error text), never request or
-response payloads. There is no write or delete path: the worker is read-only.
+Layers, like hvac's adapters: :class:`Transport` is the one seam that does HTTP (the worker's is
+``curl_transport.CurlTransport``: libcurl, HTTP/2, TLS verified against ``VAULT_CACERT``);
+:class:`WorkerVault` builds paths and payloads and keeps the Vault token fresh; :func:`error_for_status`
+maps HTTP status to exceptions. Errors carry the method and path (and Vault's own short error text),
+never request or response payloads. There is no write or delete path: the worker is read-only.
 
 The worker never uses ``VAULT_TOKEN`` or ``~/.vault-token``: its only credential is the ServiceAccount
 token file, re-read at every login.
@@ -18,14 +18,12 @@ import binascii
 import logging
 import math
 import re
-import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeGuard
 
-import aiohttp
 import orjson
 import yarl
 
@@ -163,35 +161,13 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-def make_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
-    """A verifying TLS context: the given CA bundle, or the system trust store."""
-    try:
-        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSConfigError(
-            f"VAULT_CACERT {ca_file}: cannot load the CA bundle ({type(exc).__name__})"
-        ) from None
-
-
-# --- The transport: aiohttp's client, kept to what the worker needs. -------------------------------
-#
-# The worker talks to exactly one server (VAULT_ADDR): JSON requests, JSON responses. Everything a general
-# HTTP client would do on its own that could send the ServiceAccount token elsewhere or make the worker
-# hold more than it needs is switched off: redirects, proxies from the environment, cookies, compression.
-
 # Paths are built from checked settings and references; this grammar keeps anything else (a space, a
 # query, a percent-escape) from reaching a URL, so yarl never has to quote or normalise what we send.
-_PATH = re.compile(r"[A-Za-z0-9._~/-]+")
+VAULT_PATH = re.compile(r"[A-Za-z0-9._~/-]+")
 # A Vault token goes into a header: printable ASCII without spaces, so it can never break the request.
-_HEADER_VALUE = re.compile(r"[\x21-\x7e]+")
+HEADER_VALUE = re.compile(r"[\x21-\x7e]+")
 # A batch decrypt of thousands of data keys is well under a megabyte: anything bigger is refused unread.
 MAX_BODY_BYTES = 16 * 1024 * 1024
-# Connections the pool keeps to Vault: how many requests Vault works on at once for this worker (HTTP/1.1,
-# one request per connection at a time). Each new one costs a TLS handshake on both sides. Resolving 50
-# references on the 2-core benchmark machine (client, Vault and the delay proxy sharing it), 6 was the
-# fastest through the delay proxy (3 to 5: more round trips in sequence; 7 and more: more handshakes and
-# more for the 2 cores to do), and on loopback 4 to 8 were within noise of each other.
-DEFAULT_CONNECTIONS = 6
 
 
 def vault_base_url(addr: str, *, tls: bool) -> yarl.URL:
@@ -212,137 +188,6 @@ def json_object(body: bytes) -> Mapping[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return document if isinstance(document, dict) else {}
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class AiohttpTransport:
-    """HTTP to one Vault address with aiohttp's client: a keep-alive pool of ``connections`` connections.
-
-    TLS is verified against ``ssl_context`` (the CA of VAULT_CACERT, hostname checked); ``ssl_context=None``
-    is the explicit choice of plain http and needs an ``http://`` address (settings allow it only with
-    GREENTIC_VAULT_INSECURE_HTTP=true). Redirects are never followed (a 3xx comes back as a status, and
-    the token never goes to its Location), proxy variables are ignored, cookies are not kept, response
-    bodies are read up to ``max_body_bytes``. Every request the worker makes is safe to repeat (login,
-    reads, decrypt), so one that a keep-alive connection closed before answering is sent once more.
-
-    The aiohttp session is made on first use, inside the running event loop (as aiohttp requires).
-    """
-
-    def __init__(
-        self,
-        addr: str,
-        ssl_context: ssl.SSLContext | None,
-        *,
-        timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
-        connections: int = DEFAULT_CONNECTIONS,
-        max_body_bytes: int = MAX_BODY_BYTES,
-    ) -> None:
-        if connections < 1:
-            raise ValueError("a transport needs at least one connection")
-        self._base = vault_base_url(addr, tls=ssl_context is not None)
-        self._ssl = ssl_context
-        self._timeout = timeout
-        self._connections = connections
-        self._max_body = max_body_bytes
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                # ssl=True (aiohttp's default) is never used: an http:// address has no TLS to set up.
-                connector=aiohttp.TCPConnector(
-                    ssl=self._ssl if self._ssl is not None else True, limit=self._connections
-                ),
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                trust_env=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                headers={"X-Vault-Request": "true"},
-                skip_auto_headers=("Accept-Encoding",),
-                auto_decompress=False,
-            )
-        return self._session
-
-    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
-        if response.content_length is not None and response.content_length > self._max_body:
-            raise _TooLarge
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > self._max_body:
-                raise _TooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def _exchange(
-        self, method: Method, url: yarl.URL, headers: Mapping[str, str], body: bytes | None
-    ) -> tuple[int, bytes]:
-        async with self._client().request(
-            method, url, data=body, headers=headers, allow_redirects=False
-        ) as response:
-            try:
-                return response.status, await self._read_body(response)
-            except _TooLarge:
-                response.close()  # the rest of the body is never read: the connection is not reused
-                raise
-
-    async def request(
-        self, method: Method, path: str, *, token: str | None = None, payload: Mapping[str, Any] | None = None
-    ) -> Response:
-        if not _PATH.fullmatch(path) or path.startswith("/"):
-            raise ValueError("request path outside the Vault path grammar")
-        if token is not None and not _HEADER_VALUE.fullmatch(token):
-            raise ValueError("the Vault token is not a printable header value")
-        url = self._base.with_path(f"{self._base.path.rstrip('/')}/v1/{path}", encoded=True)
-        headers = {"X-Vault-Token": token} if token is not None else {}
-        body = orjson.dumps(payload) if payload is not None else None
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        # aiohttp's messages can quote what the server sent: only exception types go into ours.
-        for attempt in (1, 2):
-            try:
-                status, raw = await self._exchange(method, url, headers, body)
-            except aiohttp.ServerDisconnectedError:
-                if attempt == 2:
-                    raise VaultUnavailable(
-                        method, path, None, "connection closed before the response"
-                    ) from None
-                continue
-            except aiohttp.ClientConnectorCertificateError as exc:
-                cert_error = exc.certificate_error
-                reason = getattr(cert_error, "verify_message", "") or type(cert_error).__name__
-                raise VaultTLSError(
-                    method, path, None, f"{type(cert_error).__name__}: {reason}; check VAULT_CACERT"
-                ) from None
-            except aiohttp.ClientSSLError as exc:
-                # Raised while connecting (handshake, certificate); a TLS error later in a connection's
-                # life (Vault restarting) is an OSError below, and retried.
-                raise VaultTLSError(method, path, None, f"{type(exc).__name__}; check VAULT_CACERT") from None
-            except aiohttp.ClientConnectorError as exc:
-                raise VaultUnavailable(
-                    method,
-                    path,
-                    None,
-                    f"{type(exc.os_error).__name__}: {exc.os_error.strerror or 'cannot connect'}",
-                ) from None
-            except TimeoutError:
-                raise VaultUnavailable(method, path, None, "timed out") from None
-            except _TooLarge:
-                raise UnexpectedResponse(
-                    method, path, None, f"response body larger than {self._max_body} bytes, refused"
-                ) from None
-            except (aiohttp.ClientError, OSError) as exc:
-                # A malformed or truncated response, a reset connection: Vault may be restarting.
-                raise VaultUnavailable(method, path, None, type(exc).__name__) from None
-            return Response(status, json_object(raw))
-        raise AssertionError("unreachable")
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,7 +329,7 @@ class WorkerVault:
         lease = auth.get("lease_duration", 0) if isinstance(auth, Mapping) else 0
         if (
             not isinstance(token, str)
-            or not _HEADER_VALUE.fullmatch(token)
+            or not HEADER_VALUE.fullmatch(token)
             or isinstance(lease, bool)
             or not isinstance(lease, int | float)
         ):

@@ -26,9 +26,10 @@ from typing import Any, Final
 
 import pytest
 
+from gtc_secrets.curl_transport import CurlTransport, TlsTrust
 from gtc_secrets.refs import SecretRef
 from gtc_secrets.resolve import Backoff, resolve_from_vault, retry_until
-from gtc_secrets.vault import AiohttpTransport, Method, Response, VaultPaths, WorkerVault, make_ssl_context
+from gtc_secrets.vault import Method, Response, VaultPaths, WorkerVault
 from tests.integration.conftest import Bootstrapped
 from tests.integration.test_runtime_vault import acme, seed, short_role, worker_environ
 
@@ -59,7 +60,7 @@ class Call:
 class TimedRecording:
     """A spy at the Transport seam: each call with its time and status (None when it raised)."""
 
-    def __init__(self, inner: AiohttpTransport) -> None:
+    def __init__(self, inner: CurlTransport) -> None:
         self.inner = inner
         self.calls: list[Call] = []
 
@@ -119,7 +120,7 @@ async def test_a_running_worker_keeps_resolving_through_a_vault_restart(
         seed(bootstrapped, ref, value.decode())
     role = short_role(bootstrapped, ttl=TOKEN_TTL_SECONDS)
     transport = TimedRecording(
-        AiohttpTransport(bootstrapped.openbao.addr, make_ssl_context(Path(bootstrapped.openbao.ca_file)))
+        CurlTransport(bootstrapped.openbao.addr, TlsTrust.for_ca_file(Path(bootstrapped.openbao.ca_file)))
     )
     vault = WorkerVault(transport, PATHS, role=role, token_path=bootstrapped.worker_token("acme-prod"))
     resolutions: list[Resolution] = []

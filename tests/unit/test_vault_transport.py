@@ -1,4 +1,4 @@
-"""The worker's transport (AiohttpTransport: aiohttp's client) against real servers on 127.0.0.1.
+"""The worker's transport (CurlTransport: libcurl through pycurl) against real servers on 127.0.0.1.
 
 Well-formed answers come from a small aiohttp application served over TLS with the test CA helpers; the
 answers no HTTP server library would send (malformed, truncated, a connection closed mid-way) come from a
@@ -18,15 +18,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gtc_admission.tls import generate_certificates, write_certificates
+from gtc_secrets.curl_transport import CurlTransport, TlsTrust, _Body
 from gtc_secrets.vault import (
     MAX_BODY_BYTES,
-    AiohttpTransport,
+    TLSConfigError,
     UnexpectedResponse,
     VaultPaths,
     VaultTLSError,
     VaultUnavailable,
     WorkerVault,
-    make_ssl_context,
     vault_base_url,
 )
 
@@ -90,7 +90,7 @@ async def test_paths_and_tokens_that_could_change_the_request_are_refused(
     path: str, token: str | None
 ) -> None:
     """A path outside the Vault grammar or a token that is not one printable word: refused before I/O."""
-    client = AiohttpTransport("https://127.0.0.1:1", ssl.create_default_context())
+    client = CurlTransport("https://127.0.0.1:1", TlsTrust.for_ca_file(None))
     try:
         with pytest.raises(ValueError):
             await client.request("GET", path, token=token)
@@ -175,9 +175,9 @@ def vault_app(seen: Seen, *, delay: float = 0.0) -> web.Application:
 
 def tls_transport(
     server: TestServer, ca_file: Path, *, max_body_bytes: int = MAX_BODY_BYTES
-) -> AiohttpTransport:
-    return AiohttpTransport(
-        f"https://127.0.0.1:{server.port}", make_ssl_context(ca_file), max_body_bytes=max_body_bytes
+) -> CurlTransport:
+    return CurlTransport(
+        f"https://127.0.0.1:{server.port}", TlsTrust.for_ca_file(ca_file), max_body_bytes=max_body_bytes
     )
 
 
@@ -188,8 +188,8 @@ async def test_concurrent_requests_share_a_bounded_pool_and_each_gets_its_own_an
     sees more than 4 at a time, over at most 4 connections; the headers Vault expects are sent."""
     seen = Seen()
     server = await aiohttp_server(vault_app(seen, delay=0.01), ssl=tls.server)
-    client = AiohttpTransport(
-        f"https://127.0.0.1:{server.port}", make_ssl_context(tls.ca_file), connections=4
+    client = CurlTransport(
+        f"https://127.0.0.1:{server.port}", TlsTrust.for_ca_file(tls.ca_file), connections=4
     )
     try:
         paths = [f"secret/data/greentic/p{i}" for i in range(40)]
@@ -219,7 +219,7 @@ async def test_no_cookies_no_compression_and_the_address_path_prefix_is_kept(
     VAULT_ADDR with a path prefix (Vault behind a gateway) keeps it."""
     seen = Seen()
     server = await aiohttp_server(vault_app(seen), ssl=tls.server)
-    client = AiohttpTransport(f"https://127.0.0.1:{server.port}/vault/", make_ssl_context(tls.ca_file))
+    client = CurlTransport(f"https://127.0.0.1:{server.port}/vault/", TlsTrust.for_ca_file(tls.ca_file))
     try:
         for _ in range(2):
             assert (await client.request("GET", "sys/health")).body["data"]["path"] == "/vault/v1/sys/health"
@@ -233,14 +233,15 @@ async def test_plain_http_only_with_an_http_address_and_no_tls_context(aiohttp_s
     """ssl_context=None is the explicit choice of plain http: it talks to an http:// Vault."""
     seen = Seen()
     server = await aiohttp_server(vault_app(seen))
-    client = AiohttpTransport(f"http://127.0.0.1:{server.port}", None)
+    client = CurlTransport(f"http://127.0.0.1:{server.port}", None)
     try:
         response = await client.request("GET", "sys/health", token="hvs.t")
     finally:
         await client.close()
     assert response.body["data"]["path"] == "/v1/sys/health"
+    assert client.http_version == "HTTP/1.1"
     with pytest.raises(ValueError, match="https://"):
-        AiohttpTransport(f"http://127.0.0.1:{server.port}", ssl.create_default_context())
+        CurlTransport(f"http://127.0.0.1:{server.port}", TlsTrust.for_ca_file(None))
 
 
 async def test_a_redirect_is_returned_never_followed(
@@ -373,7 +374,7 @@ async def test_nothing_listening_is_unavailable(tls: Tls) -> None:
     free_port = probe.sockets[0].getsockname()[1]
     probe.close()
     await probe.wait_closed()
-    client = AiohttpTransport(f"https://127.0.0.1:{free_port}", make_ssl_context(tls.ca_file))
+    client = CurlTransport(f"https://127.0.0.1:{free_port}", TlsTrust.for_ca_file(tls.ca_file))
     try:
         with pytest.raises(VaultUnavailable, match="ConnectionRefusedError"):
             await client.request("GET", "sys/health")
@@ -457,7 +458,8 @@ async def test_a_post_the_connection_closed_before_answering_is_sent_once_more(
     raw_server: Callable[[Script], Awaitable[tuple[RawServer, str]]], tls: Tls
 ) -> None:
     """Vault closed a kept-alive connection as the next request arrived (idle timeout, restart): the
-    request (a POST, which aiohttp itself never resends) goes once more on a fresh connection."""
+    request (a POST too: libcurl resends what got no byte of answer on a reused connection) goes once more on
+    a fresh connection."""
 
     async def close_second_on_first_connection(connection: int, head: bytes) -> bytes | None:
         if connection == 1 and len(server.heads) == 2:
@@ -465,7 +467,7 @@ async def test_a_post_the_connection_closed_before_answering_is_sent_once_more(
         return ok(b'{"data": {"n": %d}}' % len(server.heads))
 
     server, addr = await raw_server(close_second_on_first_connection)
-    client = AiohttpTransport(addr, make_ssl_context(tls.ca_file), connections=1)
+    client = CurlTransport(addr, TlsTrust.for_ca_file(tls.ca_file), connections=1)
     try:
         first = await client.request("POST", "transit/decrypt/k", payload={"batch_input": []})
         second = await client.request("POST", "transit/decrypt/k", payload={"batch_input": []})
@@ -488,7 +490,7 @@ async def test_a_server_that_never_answers_times_out_and_the_next_request_works(
         return ok(b'{"data": {}}')
 
     server, addr = await raw_server(hang_first)
-    client = AiohttpTransport(addr, make_ssl_context(tls.ca_file), connections=1, timeout=0.3)
+    client = CurlTransport(addr, TlsTrust.for_ca_file(tls.ca_file), connections=1, timeout=0.3)
     try:
         with pytest.raises(VaultUnavailable, match="timed out"):
             await client.request("GET", "secret/data/a")
@@ -515,14 +517,14 @@ async def test_malformed_responses_are_unavailable_and_never_quoted(
     raw_server: Callable[[Script], Awaitable[tuple[RawServer, str]]], tls: Tls, answer: bytes
 ) -> None:
     """Bad framing, a truncated body, an oversized head, garbage: VaultUnavailable naming the request,
-    the server's bytes not shown (aiohttp's own messages can quote them)."""
+    the server's bytes not shown (libcurl's own messages can quote them)."""
 
     async def malformed(connection: int, head: bytes) -> bytes | None:
         await asyncio.sleep(0)
         return answer
 
     server, addr = await raw_server(malformed)
-    client = AiohttpTransport(addr, make_ssl_context(tls.ca_file), connections=1, timeout=2)
+    client = CurlTransport(addr, TlsTrust.for_ca_file(tls.ca_file), connections=1, timeout=2)
     try:
         with pytest.raises(VaultUnavailable) as caught:
             await client.request("GET", "secret/data/a")
@@ -532,3 +534,76 @@ async def test_malformed_responses_are_unavailable_and_never_quoted(
         await client.close()
     assert CANARY not in str(caught.value)
     assert "GET /v1/secret/data/a" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the worker trusts: VAULT_CACERT alone, or the system store.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_ca_bundle_that_cannot_be_loaded_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    """Checked at start-up, before any request: a missing file or one that holds no certificate."""
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text(CANARY)
+    for path in (tmp_path / "missing.pem", garbage):
+        with pytest.raises(TLSConfigError, match="VAULT_CACERT") as caught:
+            TlsTrust.for_ca_file(path)
+        assert str(path) in str(caught.value)
+        assert CANARY not in str(caught.value)
+
+
+def test_without_vault_cacert_and_without_a_system_store_the_error_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    nowhere = ssl.DefaultVerifyPaths(None, None, "", "", "", "")  # type: ignore[arg-type]
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: nowhere)
+    with pytest.raises(TLSConfigError, match="set VAULT_CACERT"):
+        TlsTrust.for_ca_file(None)
+
+
+async def test_without_vault_cacert_the_system_store_is_trusted_and_with_it_only_vault_cacert(
+    aiohttp_server: ServerFactory, tls: Tls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The system store is found the way Python's OpenSSL finds it (SSL_CERT_FILE here stands for it), not
+    at libcurl's build-time path. With VAULT_CACERT set, the system store is not consulted at all: a
+    certificate the system trusts but VAULT_CACERT's CA did not sign is refused."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    seen = Seen()
+    server = await aiohttp_server(vault_app(seen), ssl=tls.server)
+    system = CurlTransport(f"https://127.0.0.1:{server.port}", TlsTrust.for_ca_file(None))
+    pinned = CurlTransport(f"https://127.0.0.1:{server.port}", TlsTrust.for_ca_file(tls.other_ca_file))
+    try:
+        assert (await system.request("GET", "sys/health")).status == 200
+        with pytest.raises(VaultTLSError, match="VAULT_CACERT"):
+            await pinned.request("GET", "sys/health")
+    finally:
+        await system.close()
+        await pinned.close()
+    assert len(seen.requests) == 1
+
+
+async def test_a_cancelled_request_leaves_the_transport_usable(
+    aiohttp_server: ServerFactory, tls: Tls
+) -> None:
+    """A caller that gives up (the boot's deadline, a shutdown) takes its request off libcurl's list; the
+    next request gets its answer and close() returns."""
+    seen = Seen()
+    server = await aiohttp_server(vault_app(seen, delay=0.5), ssl=tls.server)
+    client = tls_transport(server, tls.ca_file)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.request("GET", "secret/data/slow"), 0.05)
+        response = await client.request("GET", "secret/data/next")
+    finally:
+        await client.close()
+    assert response.body["data"]["path"] == "/v1/secret/data/next"
+
+
+def test_a_body_past_the_limit_stops_the_transfer() -> None:
+    """The write callback's own bound (libcurl's MAXFILESIZE already stops most oversized answers): the
+    chunk that crosses the limit is not kept and libcurl is told to stop."""
+    body = _Body(10)
+    assert body.write(b"12345") is None
+    assert body.write(b"678901") == 0
+    assert (body.chunks, body.too_large) == ([b"12345"], True)
