@@ -138,19 +138,41 @@ def _mount_key(mount: str) -> str:
     return f"{mount}/"
 
 
-def plan_auth_mount(auth_mounts: Mapping[str, Mapping[str, Any]], target: Target) -> Step:
-    subject = f"auth method {_mount_key(target.k8s_mount)} ({K8S_AUTH_TYPE})"
-    current = auth_mounts.get(_mount_key(target.k8s_mount))
+def _plan_typed_mount(
+    mounts: Mapping[str, Mapping[str, Any]],
+    mount: str,
+    *,
+    api: str,
+    kind: str,
+    noun: str,
+    shown: str,
+    expected: str,
+    env_var: str,
+) -> Step:
+    """A mount of type ``kind`` at ``mount``: created when absent, refused (naming ``env_var``) when the path
+    holds another type. ``api`` is where Vault enables it (``sys/auth`` or ``sys/mounts``)."""
+    subject = f"{noun} {_mount_key(mount)} ({kind})"
+    current = mounts.get(_mount_key(mount))
     if current is None:
-        return Step(
-            "create", subject, writes=(Write(f"sys/auth/{target.k8s_mount}", {"type": K8S_AUTH_TYPE}),)
-        )
-    if current.get("type") != K8S_AUTH_TYPE:
+        return Step("create", subject, writes=(Write(f"{api}/{mount}", {"type": kind}),))
+    if current.get("type") != kind:
         raise BootstrapError(
-            f"auth/{target.k8s_mount}/ is a {current.get('type')!r} auth method, not {K8S_AUTH_TYPE!r}: "
-            f"set {c.ENV_VAULT_K8S_MOUNT} to another path"
+            f"{shown} is a {current.get('type')!r} {noun}, not {expected}: set {env_var} to another path"
         )
     return Step("unchanged", subject)
+
+
+def plan_auth_mount(auth_mounts: Mapping[str, Mapping[str, Any]], target: Target) -> Step:
+    return _plan_typed_mount(
+        auth_mounts,
+        target.k8s_mount,
+        api="sys/auth",
+        kind=K8S_AUTH_TYPE,
+        noun="auth method",
+        shown=f"auth/{target.k8s_mount}/",
+        expected=repr(K8S_AUTH_TYPE),
+        env_var=c.ENV_VAULT_K8S_MOUNT,
+    )
 
 
 def plan_kv_mount(secret_mounts: Mapping[str, Mapping[str, Any]], target: Target) -> Step:
@@ -183,18 +205,16 @@ def plan_kv_mount(secret_mounts: Mapping[str, Mapping[str, Any]], target: Target
 
 
 def plan_transit_mount(secret_mounts: Mapping[str, Mapping[str, Any]], target: Target) -> Step:
-    subject = f"secrets engine {_mount_key(target.transit_mount)} ({TRANSIT_TYPE})"
-    current = secret_mounts.get(_mount_key(target.transit_mount))
-    if current is None:
-        return Step(
-            "create", subject, writes=(Write(f"sys/mounts/{target.transit_mount}", {"type": TRANSIT_TYPE}),)
-        )
-    if current.get("type") != TRANSIT_TYPE:
-        raise BootstrapError(
-            f"{_mount_key(target.transit_mount)} is a {current.get('type')!r} secrets engine, not transit: "
-            f"set {c.ENV_VAULT_TRANSIT_MOUNT} to another path"
-        )
-    return Step("unchanged", subject)
+    return _plan_typed_mount(
+        secret_mounts,
+        target.transit_mount,
+        api="sys/mounts",
+        kind=TRANSIT_TYPE,
+        noun="secrets engine",
+        shown=_mount_key(target.transit_mount),
+        expected="transit",
+        env_var=c.ENV_VAULT_TRANSIT_MOUNT,
+    )
 
 
 def plan_transit_key(key: Mapping[str, Any] | None, target: Target) -> Step:
